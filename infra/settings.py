@@ -1,0 +1,101 @@
+"""Peek's one typed settings object, read from the environment once per process."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ALL_ANALYZERS = ("colors", "quality", "faces", "text", "scene")
+
+
+class Settings(BaseSettings):
+    """Configuration; names kept from the earlier Peek API where it had them."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(Path("peek-data"), validation_alias=AliasChoices("PEEK_DATA_DIR"))
+
+    # Services. Empty means "use the embedded default".
+    database_url: str = Field("", validation_alias=AliasChoices("DATABASE_URL"))
+    redis_url: str = Field("", validation_alias=AliasChoices("REDIS_URL"))
+    kafka_bootstrap_servers: str = Field("", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS"))
+
+    # Object storage: R2 (seed names), any S3 endpoint, or a local folder.
+    r2_account_id: str = Field("", validation_alias=AliasChoices("R2_ACCOUNT_ID"))
+    r2_access_key_id: str = Field("", validation_alias=AliasChoices("R2_ACCESS_KEY_ID"))
+    r2_secret_access_key: str = Field("", validation_alias=AliasChoices("R2_SECRET_ACCESS_KEY"))
+    r2_bucket_name: str = Field("", validation_alias=AliasChoices("R2_BUCKET_NAME"))
+    r2_public_domain: str = Field("", validation_alias=AliasChoices("R2_PUBLIC_DOMAIN"))
+    s3_endpoint_url: str = Field("", validation_alias=AliasChoices("S3_ENDPOINT_URL"))
+    s3_region: str = Field("auto", validation_alias=AliasChoices("S3_REGION", "AWS_REGION"))
+    upload_folder: str = Field("", validation_alias=AliasChoices("UPLOAD_FOLDER"))
+
+    # Upload limits.
+    max_file_size: int = Field(16 * 1024 * 1024, validation_alias=AliasChoices("MAX_FILE_SIZE"))
+    max_image_pixels: int = Field(60_000_000, validation_alias=AliasChoices("PEEK_MAX_IMAGE_PIXELS"))
+
+    cors_allowed_origins: str = Field("", validation_alias=AliasChoices("CORS_ALLOWED_ORIGINS"))
+    public_api_url: str = Field("", validation_alias=AliasChoices("PEEK_PUBLIC_API_URL"))
+
+    # Pipeline shape and tuning.
+    analyzers: str = Field(",".join(ALL_ANALYZERS), validation_alias=AliasChoices("PEEK_ANALYZERS"))
+    topic_partitions: int = Field(6, validation_alias=AliasChoices("PEEK_TOPIC_PARTITIONS"))
+    worker_concurrency: int = Field(2, validation_alias=AliasChoices("PEEK_WORKER_CONCURRENCY"))
+    worker_processes: int = Field(1, validation_alias=AliasChoices("PEEK_WORKER_PROCESSES"))
+    analyzer_timeout_s: float = Field(60.0, validation_alias=AliasChoices("PEEK_ANALYZER_TIMEOUT_S"))
+    kafka_session_timeout_s: float = Field(
+        6.0, validation_alias=AliasChoices("PEEK_KAFKA_SESSION_TIMEOUT_S")
+    )
+    reconcile_interval_s: float = Field(10.0, validation_alias=AliasChoices("PEEK_RECONCILE_INTERVAL_S"))
+    reconcile_after_s: float = Field(300.0, validation_alias=AliasChoices("PEEK_RECONCILE_AFTER_S"))
+    reconcile_max_attempts: int = Field(3, validation_alias=AliasChoices("PEEK_RECONCILE_MAX_ATTEMPTS"))
+    result_cache_ttl_s: int = Field(7 * 24 * 3600, validation_alias=AliasChoices("PEEK_RESULT_CACHE_TTL_S"))
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def analyzer_names(self) -> list[str]:
+        return [name.strip() for name in self.analyzers.split(",") if name.strip()]
+
+    @property
+    def effective_database_url(self) -> str:
+        """The SQLAlchemy URL, normalised to psycopg 3 for PostgreSQL; SQLite in the data folder by default."""
+        url = self.database_url or f"sqlite:///{self.data_dir / 'peek.db'}"
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def uses_r2(self) -> bool:
+        return bool(self.r2_account_id and self.r2_bucket_name)
+
+    @property
+    def uses_s3(self) -> bool:
+        return self.uses_r2 or bool(self.s3_endpoint_url and self.r2_bucket_name)
+
+    @property
+    def s3_endpoint(self) -> str:
+        if self.s3_endpoint_url:
+            return self.s3_endpoint_url
+        return f"https://{self.r2_account_id}.r2.cloudflarestorage.com"
+
+    @property
+    def local_storage_dir(self) -> Path:
+        return Path(self.upload_folder).resolve() if self.upload_folder else self.data_dir / "images"
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_allowed_origins.split(",") if origin.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

@@ -1,0 +1,81 @@
+"""Event models: one pydantic model per event, the single source of the event contract.
+
+Changes are additive within a ``schema_version``: new fields are optional, old fields stay.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """Common base: unknown fields from newer producers are kept, not rejected."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class ImageUploaded(Event):
+    """An image is stored and waits for analysis (topic ``image.uploaded``, key = image id)."""
+
+    id: int = Field(description="Image id, as in the REST API")
+    storage_key: str = Field(description="Object key of the original in Peek's storage")
+    content_type: str
+    size: int = Field(description="Size of the original in bytes")
+    width: int
+    height: int
+    sha256: str
+    expected_analyzers: list[str] = Field(
+        description="Analyzers that should run; a worker whose analyzer is not listed skips the event"
+    )
+    uploaded_at: datetime = Field(default_factory=utc_now)
+    attempt: int = Field(0, description="0 for the upload, n for the n-th re-emission by the reconciler")
+
+
+class AnalysisPartial(Event):
+    """One analyzer's result for one image (topic ``image.analysis.partial``)."""
+
+    image_id: int
+    analyzer: str
+    analyzer_version: str
+    status: Literal["ok", "error"]
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    elapsed_ms: float = 0.0
+    produced_at: datetime = Field(default_factory=utc_now)
+
+
+class AnalysisCompleted(Event):
+    """The full result of an image, exactly as ``GET /api/results/:id`` returns it
+    (topic ``image.analysis.completed``)."""
+
+    id: int
+    status: Literal["completed", "failed"]
+    insights: dict[str, Any] | None = None
+    error: str | None = None
+    analyzers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-analyzer status, version, elapsed ms and error"
+    )
+    created_at: datetime | None = None
+    completed_at: datetime | None = None
+    public_url: str | None = None
+
+
+EVENT_MODELS: dict[str, type[Event]] = {
+    "image.uploaded": ImageUploaded,
+    "image.analysis.partial": AnalysisPartial,
+    "image.analysis.completed": AnalysisCompleted,
+}
