@@ -1,0 +1,139 @@
+"""Turn uploaded bytes into one BGR image, safely and at a bounded size.
+
+Exports `decode_image` (bytes -> BGR uint8 array), `probe_image` (cheap header check for the
+upload API), `ImageInfo` and `DecodeError`.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["DecodeError", "ImageInfo", "decode_image", "probe_image"]
+
+_FORMATS = {
+    "PNG": ("png", "image/png"),
+    "JPEG": ("jpeg", "image/jpeg"),
+    "GIF": ("gif", "image/gif"),
+    "BMP": ("bmp", "image/bmp"),
+    "WEBP": ("webp", "image/webp"),
+}
+_WHITE = (255, 255, 255)
+
+
+class DecodeError(ValueError):
+    """The bytes are not a usable image; the message says why in words."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says about an accepted image."""
+
+    format: str
+    content_type: str
+    width: int
+    height: int
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open (without decoding pixels) and refuse unknown formats and oversized images."""
+    if not data:
+        raise DecodeError("the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=list(_FORMATS))
+    except UnidentifiedImageError:
+        raise DecodeError(_unsupported_reason(data)) from None
+    except Image.DecompressionBombError:
+        raise DecodeError("the image has too many pixels to analyse") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DecodeError(f"the image header is corrupt ({error})") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise DecodeError("the image has no pixels")
+    if width * height > max_pixels:
+        raise DecodeError(
+            f"the image is {width}×{height} = {width * height:,} pixels, "
+            f"more than the {max_pixels:,} allowed"
+        )
+    return image
+
+
+def _unsupported_reason(data: bytes) -> str:
+    """Say whether the bytes are an image of an unsupported kind or no image at all."""
+    try:
+        other = Image.open(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - any failure here just means "not an image"
+        return "the file is not a PNG, JPEG, GIF, BMP or WEBP image"
+    return f"{other.format} images are not supported (use PNG, JPEG, GIF, BMP or WEBP)"
+
+
+def probe_image(data: bytes, *, max_pixels: int = 60_000_000) -> ImageInfo:
+    """Check the format, size and integrity of an upload without a full-size decode."""
+    image = _open(data, max_pixels)
+    short_format, content_type = _FORMATS[image.format or ""]
+    width, height = image.size
+    try:
+        if image.format == "PNG":
+            image.verify()  # walks every chunk and checks its CRC, without inflating pixels
+        else:
+            if image.format == "JPEG":
+                image.draft(None, (max(1, width // 8), max(1, height // 8)))
+            image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise DecodeError(f"the image data is truncated or corrupt ({error})") from None
+    return ImageInfo(format=short_format, content_type=content_type, width=width, height=height)
+
+
+def decode_image(data: bytes, *, max_side: int = 4096, max_pixels: int = 60_000_000) -> np.ndarray:
+    """Decode bytes to a BGR uint8 (H, W, 3) array whose longest side is at most `max_side`.
+
+    EXIF orientation is applied, animations give their first frame, transparency is laid on
+    white, and JPEGs are decoded directly at a reduced scale (DCT scaling) when large.
+    """
+    image = _open(data, max_pixels)
+    width, height = image.size
+    scale = min(1.0, max_side / max(width, height))
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    try:
+        if image.format == "JPEG" and scale < 1.0:
+            image.draft(None, target)  # decodes at 1/2, 1/4 or 1/8 size, never below target
+        image.load()
+        if image.size != target:
+            image = image.resize(
+                target,
+                Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR,
+                reducing_gap=2.0,
+            )
+        image = ImageOps.exif_transpose(image) or image
+        rgb = _to_rgb(image)
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise DecodeError(f"the image data is truncated or corrupt ({error})") from None
+    array = np.asarray(rgb)
+    return np.ascontiguousarray(array[:, :, ::-1])
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB: 16-bit scaled, alpha composited on white."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if values.max(initial=0) > 255:
+            values = values / 257.0
+        image = Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8), "L")
+        mode = "L"
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode != "RGB":
+        return image.convert("RGB")
+    return image
