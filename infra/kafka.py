@@ -110,7 +110,11 @@ class EventProducer:
 
         try:
             self._producer.produce(
-                topic, key=key, value=value, headers=_encode_headers(headers), on_delivery=on_delivery
+                topic,
+                key=key,
+                value=value,
+                headers=_encode_headers(headers),
+                on_delivery=on_delivery,
             )
         except BufferError as exc:
             raise DeliveryError("the producer queue is full; the broker is not keeping up") from exc

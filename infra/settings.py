@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     # Services. Empty means "use the embedded default".
     database_url: str = Field("", validation_alias=AliasChoices("DATABASE_URL"))
     redis_url: str = Field("", validation_alias=AliasChoices("REDIS_URL"))
+    # Set by `peek up` when it runs the memory-only embedded broker: unfinished work is re-emitted
+    # at start-up, because a restarted broker has forgotten it.
+    broker_ephemeral: bool = Field(False, validation_alias=AliasChoices("PEEK_BROKER_EPHEMERAL"))
     kafka_bootstrap_servers: str = Field("", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS"))
 
     # Object storage: R2 (seed names), any S3 endpoint, or a local folder.
@@ -46,9 +49,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(2, validation_alias=AliasChoices("PEEK_WORKER_CONCURRENCY"))
     worker_processes: int = Field(1, validation_alias=AliasChoices("PEEK_WORKER_PROCESSES"))
     analyzer_timeout_s: float = Field(60.0, validation_alias=AliasChoices("PEEK_ANALYZER_TIMEOUT_S"))
-    kafka_session_timeout_s: float = Field(
-        6.0, validation_alias=AliasChoices("PEEK_KAFKA_SESSION_TIMEOUT_S")
-    )
+    kafka_session_timeout_s: float = Field(6.0, validation_alias=AliasChoices("PEEK_KAFKA_SESSION_TIMEOUT_S"))
     reconcile_interval_s: float = Field(10.0, validation_alias=AliasChoices("PEEK_RECONCILE_INTERVAL_S"))
     reconcile_after_s: float = Field(300.0, validation_alias=AliasChoices("PEEK_RECONCILE_AFTER_S"))
     reconcile_max_attempts: int = Field(3, validation_alias=AliasChoices("PEEK_RECONCILE_MAX_ATTEMPTS"))

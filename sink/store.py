@@ -141,7 +141,9 @@ def fail_image(session: Session, image: Image, reason: str) -> None:
     image.completed_at = image.updated_at = utc_now()
 
 
-def result_view(image: Image, results: dict[str, AnalysisResult] | None, public_url: str | None) -> dict[str, Any]:
+def result_view(
+    image: Image, results: dict[str, AnalysisResult] | None, public_url: str | None
+) -> dict[str, Any]:
     """The JSON body of ``GET /api/results/:id`` (and of ``image.analysis.completed``)."""
     view: dict[str, Any] = {"id": image.id, "status": image.status}
     if image.status == COMPLETED:

@@ -1,0 +1,163 @@
+"""The ``peek`` command: run the whole system, one part of it, or the analyzers on local files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from infra.settings import ALL_ANALYZERS, Settings, get_settings
+
+
+def _log_setup(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ingest_api.app import create_app
+
+    uvicorn.run(
+        create_app(get_settings()),
+        host=args.host,
+        port=args.port,
+        log_level=os.environ.get("PEEK_LOG_LEVEL", "info").lower(),
+        access_log=os.environ.get("PEEK_ACCESS_LOG", "0") == "1",
+        timeout_keep_alive=30,
+        limit_concurrency=int(os.environ.get("PEEK_API_MAX_CONNECTIONS", "1000")),
+    )
+    return 0
+
+
+def _run_faust(app: object) -> int:
+    import faust
+
+    worker = faust.Worker(app, loglevel=os.environ.get("PEEK_FAUST_LOG_LEVEL", "warning"), quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def _parse_analyzers(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ALL_ANALYZERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown analyzer(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(ALL_ANALYZERS)}"
+        )
+    return names
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    _require_broker(settings)
+    if len(args.analyzers) == 1:
+        from stream_workers.app import build_worker_app
+
+        return _run_faust(build_worker_app(args.analyzers[0], settings))
+    from infra.supervisor import ProcessSpec, Supervisor
+
+    specs = [ProcessSpec(f"worker-{name}", ["worker", "--analyzers", name]) for name in args.analyzers]
+    return Supervisor(specs).run()
+
+
+def cmd_sink(_args: argparse.Namespace) -> int:
+    settings = get_settings()
+    _require_broker(settings)
+    from sink.app import build_sink_app
+
+    return _run_faust(build_sink_app(settings))
+
+
+def _require_broker(settings: Settings) -> None:
+    if not settings.kafka_bootstrap_servers:
+        sys.exit("peek: KAFKA_BOOTSTRAP_SERVERS is not set (or use `peek up`, which starts a broker)")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from infra.supervisor import run_everything
+
+    return run_everything(
+        host=args.host, port=args.port, data_dir=Path(args.data_dir) if args.data_dir else None
+    )
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from stream_workers.analyzers import analyze_all
+    from stream_workers.decode import DecodeError, decode_image
+
+    failures = 0
+    for name in args.files:
+        path = Path(name)
+        try:
+            image = decode_image(path.read_bytes())
+            record = {"file": str(path), **analyze_all(image)}
+        except (OSError, DecodeError) as exc:
+            failures += 1
+            record = {"file": str(path), "error": str(exc)}
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+    return 1 if failures else 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from infra.ingest_client import run_ingest
+
+    return run_ingest(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peek", description="Peek: image insights on a Kafka pipeline.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run everything on this machine (embedded defaults)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--data-dir", default=None, help="folder for the database, images and logs")
+    up.set_defaults(func=cmd_up)
+
+    api = commands.add_parser("api", help="run the HTTP API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(func=cmd_api)
+
+    worker = commands.add_parser("worker", help="run analyzer workers")
+    worker.add_argument(
+        "--analyzers",
+        type=_parse_analyzers,
+        default=list(ALL_ANALYZERS),
+        help=f"comma-separated, from: {','.join(ALL_ANALYZERS)}",
+    )
+    worker.set_defaults(func=cmd_worker)
+
+    sink = commands.add_parser("sink", help="run the aggregator")
+    sink.set_defaults(func=cmd_sink)
+
+    analyze = commands.add_parser("analyze", help="analyse local files; one JSON object per file")
+    analyze.add_argument("files", nargs="+")
+    analyze.set_defaults(func=cmd_analyze)
+
+    ingest = commands.add_parser("ingest", help="bulk upload folders (or an s3:// prefix)")
+    ingest.add_argument("paths", nargs="+")
+    ingest.add_argument("--api", default="http://127.0.0.1:8000")
+    ingest.add_argument("--concurrency", type=int, default=8)
+    ingest.add_argument("--wait", action="store_true", help="follow results to the end and summarise")
+    ingest.add_argument("--manifest", default=None, help="file -> id manifest (resumes a previous run)")
+    ingest.add_argument("--reanalyze", action="store_true")
+    ingest.set_defaults(func=cmd_ingest)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _log_setup(os.environ.get("PEEK_LOG_LEVEL", "info"))
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Faust app construction shared by the analyzer workers and the sink."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from infra.settings import Settings
+from schemas.topics import DEAD_LETTER
+
+log = logging.getLogger(__name__)
+
+
+def make_app(app_id: str, settings: Settings) -> faust.App:
+    """A Faust app tuned for Peek: no web server, short group timeouts, explicit topics."""
+    session_timeout = settings.kafka_session_timeout_s
+    return faust.App(
+        app_id,
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        web_enabled=False,
+        store="memory://",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        topic_allow_declare=False,
+        broker_session_timeout=session_timeout,
+        broker_heartbeat_interval=max(0.5, session_timeout / 6),
+        broker_rebalance_timeout=max(10.0, session_timeout * 2),
+        broker_request_timeout=max(30.0, session_timeout * 5),
+        broker_commit_every=100,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        producer_acks=-1,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+async def send_delivered(
+    topic: faust.TopicT, key: str, value: bytes, headers: dict[str, bytes] | None = None
+) -> None:
+    """Produce and wait until the broker acknowledges, so offsets commit only after our output exists."""
+    pending = await topic.send(key=key.encode(), value=value, headers=headers, force=True)
+    await pending
+
+
+async def dead_letter(app: faust.App, event: faust.EventT, reason: str) -> None:
+    """Park an event that can never be processed, with the reason, and move on."""
+    log.error(
+        "dead-lettering %s[%s]@%s: %s",
+        event.message.topic,
+        event.message.partition,
+        event.message.offset,
+        reason,
+    )
+    headers: dict[str, Any] = {
+        "peek_reason": reason.encode(),
+        "peek_source_topic": event.message.topic.encode(),
+        "peek_source_partition": str(event.message.partition).encode(),
+        "peek_source_offset": str(event.message.offset).encode(),
+        "peek_consumer": app.conf.id.encode(),
+    }
+    value = event.value if isinstance(event.value, bytes) else str(event.value).encode()
+    key = event.key if isinstance(event.key, bytes) else b""
+    await send_delivered(
+        app.topic(DEAD_LETTER, key_type=bytes, value_type=bytes), key.decode(errors="replace"), value, headers
+    )

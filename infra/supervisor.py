@@ -1,0 +1,155 @@
+"""Running Peek's processes on one machine: start, restart on crash, stop together."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra.settings import Settings
+
+log = logging.getLogger("peek.up")
+
+
+@dataclass
+class ProcessSpec:
+    name: str
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+
+class Supervisor:
+    """Keeps child ``peek`` processes running until told to stop."""
+
+    def __init__(self, specs: list[ProcessSpec], log_dir: Path | None = None) -> None:
+        self.specs = specs
+        self.log_dir = log_dir
+        self._stopping = False
+
+    def _start(self, spec: ProcessSpec) -> None:
+        env = {**os.environ, **spec.env}
+        output = None
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            output = open(self.log_dir / f"{spec.name}.log", "ab")  # noqa: SIM115 - owned by the child
+        spec.process = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", *spec.args], env=env, stdout=output, stderr=output
+        )
+        spec.started_at = time.monotonic()
+        log.info("started %s (pid %s)", spec.name, spec.process.pid)
+
+    def start_all(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        for spec in self.specs:
+            self._start(spec)
+
+    def _on_signal(self, *_args: object) -> None:
+        self._stopping = True
+
+    def watch_once(self) -> None:
+        for spec in self.specs:
+            if spec.process is not None and spec.process.poll() is not None and not self._stopping:
+                code = spec.process.returncode
+                spec.restarts += 1
+                backoff = (
+                    min(30.0, 2.0 ** min(spec.restarts, 5))
+                    if time.monotonic() - spec.started_at < 60
+                    else 1.0
+                )
+                log.warning("%s exited with %s; restarting in %.0f s", spec.name, code, backoff)
+                time.sleep(backoff)
+                self._start(spec)
+
+    def stop_all(self) -> None:
+        for spec in self.specs:
+            if spec.process and spec.process.poll() is None:
+                spec.process.terminate()
+        deadline = time.monotonic() + 15
+        for spec in self.specs:
+            if spec.process:
+                try:
+                    spec.process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    spec.process.kill()
+
+    def run(self, on_tick: object = None) -> int:
+        self.start_all()
+        try:
+            while not self._stopping:
+                self.watch_once()
+                time.sleep(0.5)
+        finally:
+            self.stop_all()
+        return 0
+
+
+def _wait_healthy(url: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as response:
+                if response.status == 200:
+                    return True
+        except Exception:
+            time.sleep(0.5)
+    return False
+
+
+def run_everything(host: str, port: int, data_dir: Path | None) -> int:
+    """``peek up``: the API, one worker per analyzer and the sink, with embedded defaults."""
+    from infra.broker import EmbeddedBroker
+    from infra.kafka import ensure_topics
+    from sink.db import make_engine, migrate
+
+    if data_dir is not None:
+        os.environ["PEEK_DATA_DIR"] = str(data_dir)
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env = {"PEEK_DATA_DIR": str(settings.data_dir)}
+    broker = None
+    if not settings.kafka_bootstrap_servers:
+        broker = EmbeddedBroker(log_path=settings.data_dir / "broker.log").start()
+        env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+        env["PEEK_BROKER_EPHEMERAL"] = "1"
+        log.info("embedded Kafka-protocol broker on %s (memory only)", broker.bootstrap)
+    bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers)
+    ensure_topics(bootstrap, settings.topic_partitions)
+    migrate(make_engine(settings.effective_database_url))
+    if not settings.public_api_url:
+        env["PEEK_PUBLIC_API_URL"] = f"http://{host}:{port}"
+
+    specs = [ProcessSpec("api", ["api", "--host", host, "--port", str(port)], env)]
+    specs += [
+        ProcessSpec(f"worker-{name}", ["worker", "--analyzers", name], env)
+        for name in settings.analyzer_names
+    ]
+    specs.append(ProcessSpec("sink", ["sink"], env))
+    supervisor = Supervisor(specs, log_dir=settings.data_dir / "logs")
+    supervisor.start_all()
+    try:
+        if _wait_healthy(f"http://{host}:{port}/api/health", 60):
+            print(
+                f"Peek is up: http://{host}:{port}  (data in {settings.data_dir}, logs in "
+                f"{settings.data_dir / 'logs'}; Ctrl-C stops)",
+                flush=True,
+            )
+        else:
+            print("Peek started, but /api/health is not answering yet; see the logs folder", flush=True)
+        while not supervisor._stopping:
+            supervisor.watch_once()
+            time.sleep(0.5)
+    finally:
+        supervisor.stop_all()
+        if broker:
+            broker.stop()
+    return 0

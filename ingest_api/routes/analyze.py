@@ -1,0 +1,34 @@
+"""POST /api/analyze: accept one image for analysis."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+
+from ingest_api.errors import ApiError
+from ingest_api.forms import multipart_body, read_form, read_upload
+from ingest_api.services import ServicesDep
+from ingest_api.uploads import accept_upload
+
+router = APIRouter()
+
+
+@router.post("/api/analyze", status_code=202, openapi_extra=multipart_body("image"))
+async def analyze(request: Request, services: ServicesDep) -> JSONResponse:
+    """Store the image and queue it for every analyzer; 202 with its id."""
+    form = await read_form(request, max_files=4)
+    try:
+        upload = form.get("image")
+        if upload is None:
+            raise ApiError(400, "no file sent: put the image in the multipart field 'image'")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(400, "the field 'image' must be a file, not text")
+        data = await read_upload(upload, services.settings.max_file_size)
+        accepted = await accept_upload(services, data, upload.filename)
+    finally:
+        await form.close()
+    return JSONResponse(
+        {"id": accepted.image_id, "status": "processing", "public_url": accepted.public_url},
+        status_code=202,
+    )

@@ -1,0 +1,50 @@
+"""The API's long-lived collaborators, built once at start-up and injected into routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from infra.cache import ResultCache, build_cache
+from infra.kafka import EventProducer
+from infra.settings import Settings
+from infra.storage import Storage, build_storage
+from sink.db import make_engine, make_sessionmaker, migrate
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    storage: Storage
+    cache: ResultCache
+    producer: EventProducer
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        engine = make_engine(settings.effective_database_url)
+        migrate(engine)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            storage=build_storage(settings),
+            cache=build_cache(settings.redis_url),
+            producer=EventProducer(settings.kafka_bootstrap_servers),
+        )
+
+    def close(self) -> None:
+        self.producer.close()
+        self.engine.dispose()
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

@@ -1,0 +1,149 @@
+"""Merging partial results into insight records, completing images, and reconciling overdue ones.
+
+Plain synchronous functions over a database session, a producer and storage; the Faust app in
+``sink.app`` calls them off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from infra.cache import ResultCache
+from infra.kafka import EventProducer
+from infra.settings import Settings
+from infra.storage import Storage
+from infra.urls import public_url
+from schemas.events import AnalysisCompleted, AnalysisPartial
+from schemas.topics import ANALYSIS_COMPLETED, IMAGE_UPLOADED
+from sink.models import PROCESSING, AnalysisResult, Image
+from sink.store import (
+    fail_image,
+    finish_image,
+    missing_analyzers,
+    overdue_images,
+    processing_images,
+    record_partial,
+    result_view,
+    results_of,
+    touch,
+    uploaded_event,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Aggregator:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    producer: EventProducer
+    cache: ResultCache
+    storage: Storage
+
+    def apply_partial(self, partial: AnalysisPartial) -> dict[str, Any] | None:
+        """Record a partial; when it is the last one expected, complete the image.
+
+        Returns the completed result when this call completed the image. A duplicate or late
+        partial changes nothing.
+        """
+        with self.sessions.begin() as session:
+            image = session.scalars(
+                select(Image).where(Image.id == partial.image_id).with_for_update()
+            ).first()
+            if image is None:
+                log.warning("partial for unknown image %s ignored", partial.image_id)
+                return None
+            record_partial(session, partial)
+            if image.status != PROCESSING:
+                return None
+            results = results_of(session, image.id)
+            if missing_analyzers(image, results):
+                touch(session, image.id)
+                return None
+            finish_image(session, image, results)
+            return self._publish(session, image, results)
+
+    def _publish(self, session: Session, image: Image, results: dict[str, AnalysisResult]) -> dict[str, Any]:
+        """Annotate, emit ``image.analysis.completed`` and cache, inside the completing transaction:
+        if anything fails the transaction rolls back and the partial is processed again."""
+        self._annotate(image)
+        view = result_view(image, results, public_url(self.settings, image.id, image.storage_key))
+        completed = AnalysisCompleted.model_validate(view)
+        self.producer.send_sync(ANALYSIS_COMPLETED, str(image.id), completed.to_bytes())
+        session.flush()
+        self.cache.set(image.id, view, self.settings.result_cache_ttl_s)
+        return view
+
+    def _annotate(self, image: Image) -> None:
+        insights = image.insights or {}
+        faces = insights.get("face_locations") or []
+        regions = insights.get("text_regions") or [] if insights.get("text_found") else []
+        if not faces and not regions:
+            return
+        from stream_workers.annotate import annotate, encode_jpeg
+        from stream_workers.decode import decode_image
+        from stream_workers.runner import scale_boxes
+
+        try:
+            picture = decode_image(self.storage.get(image.storage_key))
+            scaled = scale_boxes(
+                {"face_locations": faces, "text_regions": regions},
+                picture.shape[1] / image.width,
+                picture.shape[0] / image.height,
+            )
+            marked = annotate(picture, scaled["face_locations"], scaled["text_regions"])
+            key = image.storage_key.replace("originals/", "annotated/", 1).rsplit(".", 1)[0] + ".jpg"
+            self.storage.put(key, encode_jpeg(marked), "image/jpeg")
+            image.annotated_key = key
+        except Exception as exc:  # the insight record matters more than the picture
+            log.warning("could not annotate image %s: %s", image.id, exc)
+
+    def reemit_processing(self) -> int:
+        """Emit ``image.uploaded`` again for every unfinished image (after a broker that forgot)."""
+        with self.sessions.begin() as session:
+            images = processing_images(session)
+            for image in images:
+                self._reemit(session, image, attempt=image.emit_attempts + 1)
+        return len(images)
+
+    def reconcile(self) -> int:
+        """Re-emit overdue images' missing analyzers; give up after the configured attempts."""
+        handled = 0
+        with self.sessions.begin() as session:
+            for image in overdue_images(session, self.settings.reconcile_after_s):
+                locked = session.scalars(
+                    select(Image).where(Image.id == image.id).with_for_update(skip_locked=True)
+                ).first()
+                if locked is None or locked.status != PROCESSING:
+                    continue
+                handled += 1
+                results = results_of(session, image.id)
+                missing = missing_analyzers(image, results)
+                if not missing:
+                    finish_image(session, image, results)
+                    self._publish(session, image, results)
+                elif image.emit_attempts >= self.settings.reconcile_max_attempts:
+                    fail_image(
+                        session,
+                        image,
+                        f"analysis timed out: {', '.join(missing)} did not report after "
+                        f"{image.emit_attempts} attempts",
+                    )
+                    self._publish(session, image, results_of(session, image.id))
+                else:
+                    self._reemit(session, image, attempt=image.emit_attempts + 1)
+        return handled
+
+    def _reemit(self, session: Session, image: Image, attempt: int) -> None:
+        missing = missing_analyzers(image, results_of(session, image.id))
+        if not missing:
+            return
+        event = uploaded_event(image, analyzers=missing, attempt=attempt)
+        self.producer.send_sync(IMAGE_UPLOADED, str(image.id), event.to_bytes())
+        touch(session, image.id, attempts_delta=1)
+        log.info("re-emitted image %s for %s (attempt %s)", image.id, ",".join(missing), attempt)

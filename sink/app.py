@@ -1,0 +1,80 @@
+"""The sink: one Faust app that folds ``image.analysis.partial`` into insight records.
+
+Stateless: the database row is the state, so any number of sinks can share the partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+
+from infra.cache import build_cache
+from infra.faust_app import dead_letter, make_app
+from infra.kafka import EventProducer
+from infra.settings import Settings
+from infra.storage import build_storage
+from schemas.events import SCHEMA_VERSION, AnalysisPartial
+from schemas.topics import ANALYSIS_PARTIAL
+from sink.aggregator import Aggregator
+from sink.db import make_engine, make_sessionmaker, migrate
+
+log = logging.getLogger(__name__)
+
+
+def parse_partial(raw: bytes) -> AnalysisPartial | str:
+    """The partial, or the reason it can never be processed."""
+    try:
+        partial = AnalysisPartial.model_validate_json(raw)
+    except Exception as exc:
+        return f"malformed image.analysis.partial event: {str(exc).splitlines()[0]}"
+    if partial.schema_version > SCHEMA_VERSION:
+        return f"unknown schema_version {partial.schema_version} (this sink knows {SCHEMA_VERSION})"
+    return partial
+
+
+def build_sink_app(settings: Settings) -> faust.App:
+    app = make_app("peek-sink", settings)
+    partials = app.topic(ANALYSIS_PARTIAL)
+    engine = make_engine(settings.effective_database_url)
+    migrate(engine)
+    aggregator = Aggregator(
+        settings=settings,
+        sessions=make_sessionmaker(engine),
+        producer=EventProducer(settings.kafka_bootstrap_servers),
+        cache=build_cache(settings.redis_url),
+        storage=build_storage(settings),
+    )
+
+    @app.agent(partials)
+    async def merge(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            parsed = parse_partial(event.value)
+            if isinstance(parsed, str):
+                await dead_letter(app, event, parsed)
+                continue
+            while True:
+                try:
+                    await asyncio.to_thread(aggregator.apply_partial, parsed)
+                    break
+                except Exception as exc:  # database or broker away: retry, keep the offset
+                    log.error("could not merge partial for image %s (%s); retrying", parsed.image_id, exc)
+                    await asyncio.sleep(1.0)
+
+    @app.task
+    async def recover_after_broker_restart() -> None:
+        if settings.broker_ephemeral:
+            count = await asyncio.to_thread(aggregator.reemit_processing)
+            log.info("re-emitted %s unfinished images to a fresh broker", count)
+
+    @app.timer(interval=settings.reconcile_interval_s)
+    async def reconcile() -> None:
+        try:
+            handled = await asyncio.to_thread(aggregator.reconcile)
+            if handled:
+                log.info("reconciler handled %s overdue images", handled)
+        except Exception as exc:
+            log.error("reconciler pass failed: %s", exc)
+
+    return app

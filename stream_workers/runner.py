@@ -1,0 +1,166 @@
+"""Running one analyzer on one event, off the event loop, with a time limit.
+
+The CPU work happens in a small process pool: the event loop stays free for heartbeats, and a
+hung analysis can be stopped by replacing the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from infra.storage import ObjectNotFound, Storage
+from schemas.events import AnalysisPartial, ImageUploaded
+
+log = logging.getLogger(__name__)
+
+# Coordinates that analyzers report in decoded-image pixels, scaled back to the original's.
+BOX_FIELDS = ("face_locations", "text_regions")
+
+
+class PoisonEvent(ValueError):
+    """An event that can never be processed; it goes to the dead-letter topic with this reason."""
+
+
+def _warm(analyzer_name: str) -> None:
+    """Pool initializer: load the analyzer (and its models) once per process."""
+    os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+    from stream_workers.analyzers import REGISTRY
+
+    REGISTRY[analyzer_name]  # noqa: B018 - importing builds the models
+
+
+def analyze_bytes(analyzer_name: str, data: bytes, width: int, height: int) -> dict[str, Any]:
+    """Decode and analyse in the pool process; boxes come back in original-image coordinates."""
+    from stream_workers.analyzers import REGISTRY
+    from stream_workers.decode import decode_image
+
+    image = decode_image(data)
+    result = REGISTRY[analyzer_name].run(image)
+    return scale_boxes(result, width / image.shape[1], height / image.shape[0])
+
+
+def scale_boxes(result: dict[str, Any], scale_x: float, scale_y: float) -> dict[str, Any]:
+    if abs(scale_x - 1) < 1e-6 and abs(scale_y - 1) < 1e-6:
+        return result
+    for field in BOX_FIELDS:
+        if isinstance(result.get(field), list):
+            result[field] = [
+                {
+                    **box,
+                    "x": round(box["x"] * scale_x),
+                    "y": round(box["y"] * scale_y),
+                    "width": round(box["width"] * scale_x),
+                    "height": round(box["height"] * scale_y),
+                }
+                for box in result[field]
+            ]
+    return result
+
+
+class AnalyzerRunner:
+    """Turns ``image.uploaded`` events into ``AnalysisPartial`` events for one analyzer."""
+
+    def __init__(self, analyzer_name: str, storage: Storage, *, processes: int, timeout_s: float) -> None:
+        from stream_workers.analyzers import REGISTRY
+
+        self.analyzer = REGISTRY[analyzer_name]
+        self.storage = storage
+        self.processes = processes
+        self.timeout_s = timeout_s
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_warm,
+            initargs=(self.analyzer.name,),
+        )
+
+    def _replace_pool(self) -> None:
+        """Stop a pool whose work hangs: kill its processes, start a fresh one."""
+        old = self._pool
+        self._pool = self._new_pool()
+        for process in list(getattr(old, "_processes", {}).values()):
+            process.kill()
+        old.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def parse(raw: bytes | str) -> ImageUploaded:
+        try:
+            event = ImageUploaded.model_validate_json(raw)
+        except Exception as exc:
+            raise PoisonEvent(f"malformed image.uploaded event: {str(exc).splitlines()[0]}") from None
+        from schemas.events import SCHEMA_VERSION
+
+        if event.schema_version > SCHEMA_VERSION:
+            raise PoisonEvent(
+                f"unknown schema_version {event.schema_version} (this worker knows {SCHEMA_VERSION})"
+            )
+        return event
+
+    def wants(self, event: ImageUploaded) -> bool:
+        return self.analyzer.name in event.expected_analyzers
+
+    async def handle(self, event: ImageUploaded) -> AnalysisPartial:
+        """Analyse the image; any failure becomes an ``error`` partial, never an exception."""
+        started = time.perf_counter()
+        try:
+            data = await asyncio.to_thread(self.storage.get, event.storage_key)
+        except ObjectNotFound:
+            raise PoisonEvent(f"image {event.id} is no longer in storage ({event.storage_key})") from None
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(
+                self._pool, analyze_bytes, self.analyzer.name, data, event.width, event.height
+            )
+            result = await asyncio.wait_for(future, self.timeout_s)
+            return self._partial(event, started, result=result)
+        except TimeoutError:
+            log.error("%s on image %s passed its %.0f s limit", self.analyzer.name, event.id, self.timeout_s)
+            self._replace_pool()
+            return self._partial(
+                event, started, error=f"analysis took longer than the {self.timeout_s:g} s limit"
+            )
+        except BrokenProcessPool:
+            self._replace_pool()
+            return self._partial(event, started, error="the analyzer process crashed on this image")
+        except Exception as exc:
+            log.warning("%s failed on image %s: %s", self.analyzer.name, event.id, exc)
+            return self._partial(event, started, error=_reason(exc))
+
+    def _partial(
+        self,
+        event: ImageUploaded,
+        started: float,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> AnalysisPartial:
+        return AnalysisPartial(
+            image_id=event.id,
+            analyzer=self.analyzer.name,
+            analyzer_version=self.analyzer.version,
+            status="error" if error else "ok",
+            result=result,
+            error=error,
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+        )
+
+
+def _reason(exc: Exception) -> str:
+    from stream_workers.decode import DecodeError
+
+    if isinstance(exc, DecodeError):
+        return f"the image could not be decoded: {exc}"
+    return f"{type(exc).__name__}: {exc}"[:500]
