@@ -11,9 +11,7 @@ FIELDS = ("dominant_colors", "color_shares", "brightness")
 VERSION = "2"
 
 _CLUSTERS = 5
-_SAMPLE_SIDE = (
-    96  # ~9k pixels: K-means centroids on an area-averaged thumbnail match full-image ones
-)
+_SAMPLE_SIDE = 96  # ~9k pixels: K-means centroids on an area-averaged thumbnail match full-image ones
 _ATTEMPTS = 3
 
 
@@ -29,9 +27,7 @@ def analyze(image: np.ndarray) -> dict:
     else:
         criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 50, 0.5)
         cv2.setRNGSeed(0)
-        _, labels, centers = cv2.kmeans(
-            pixels, clusters, None, criteria, _ATTEMPTS, cv2.KMEANS_PP_CENTERS
-        )
+        _, labels, centers = cv2.kmeans(pixels, clusters, None, criteria, _ATTEMPTS, cv2.KMEANS_PP_CENTERS)
         labels = labels.ravel()
     counts = np.bincount(labels, minlength=len(centers)).astype(np.float64)
     order = [index for index in np.argsort(-counts, kind="stable") if counts[index] > 0]

@@ -1,0 +1,209 @@
+"""Benchmark the analyzers against the earlier Peek API's methods (bench/baseline.py), same run.
+
+Prints, per analyzer and overall, CPU ms per image (one core: OpenCV and Tesseract single-threaded)
+and the ratio to the baseline, the accuracy figures beside the baseline's on the hand labels of
+../shared/corpus, then the CPU time and peak memory of a 12 MP (and 24 MP) JPEG analysed whole.
+
+    .venv/bin/python bench/analyzers.py [--quick]
+
+--quick runs the costly baseline methods (full-image K-means, pytesseract) on a subset of the
+corpus only, and skips the 24 MP image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cv2  # noqa: E402
+
+from bench import baseline  # noqa: E402
+from bench._corpus import Sample, big_jpeg, load_corpus, palette_delta_e, word_recall  # noqa: E402
+from stream_workers.analyzers import REGISTRY, analyze_all  # noqa: E402
+from stream_workers.decode import decode_image  # noqa: E402
+
+NAMES = list(REGISTRY)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its waited-for children (pytesseract runs a child)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def run_ours(samples: list[Sample]) -> tuple[dict, dict]:
+    """Decode each image once and run every analyzer; return results and CPU seconds per step."""
+    results: dict[str, dict] = {}
+    seconds: dict[str, dict[str, float]] = defaultdict(dict)
+    for sample in samples:
+        start = cpu_seconds()
+        image = decode_image(sample.data)
+        seconds["decode"][sample.name] = cpu_seconds() - start
+        merged: dict = {}
+        for name, analyzer in REGISTRY.items():
+            start = cpu_seconds()
+            merged.update(analyzer.run(image))
+            seconds[name][sample.name] = cpu_seconds() - start
+        results[sample.name] = merged
+    return results, seconds
+
+
+def run_baseline(samples: list[Sample], costly_subset: set[str] | None) -> tuple[dict, dict]:
+    """The earlier methods; K-means and pytesseract only on `costly_subset` when given."""
+    results: dict[str, dict] = defaultdict(dict)
+    seconds: dict[str, dict[str, float]] = defaultdict(dict)
+    for sample in samples:
+        start = cpu_seconds()
+        image = baseline.decode(sample.data)
+        seconds["decode"][sample.name] = cpu_seconds() - start
+        for name, method in baseline.ANALYZERS.items():
+            costly = name in ("colors", "text")
+            if costly and costly_subset is not None and sample.name not in costly_subset:
+                continue
+            start = cpu_seconds()
+            results[sample.name].update(method(image))
+            seconds[name][sample.name] = cpu_seconds() - start
+    return results, seconds
+
+
+def mean_ms(values: dict[str, float]) -> float:
+    """Mean of CPU seconds, in milliseconds."""
+    return 1000 * sum(values.values()) / max(1, len(values))
+
+
+def print_speed(ours: dict, base: dict) -> None:
+    """Per-analyzer ms/image and the baseline ratio; each on the images both ran."""
+    print("\n## Speed: CPU ms per image, one core (baseline ÷ ours = speed-up)")
+    print(f"{'step':<9}{'images':>7}{'ours ms':>10}{'baseline ms':>13}{'speed-up':>10}")
+    total_ours = total_base = 0.0
+    for name in ["decode", *NAMES]:
+        shared = base[name].keys() & ours[name].keys()
+        ours_ms = mean_ms({key: ours[name][key] for key in shared})
+        base_ms = mean_ms({key: base[name][key] for key in shared})
+        total_ours += ours_ms
+        total_base += base_ms
+        print(f"{name:<9}{len(shared):>7}{ours_ms:>10.1f}{base_ms:>13.1f}{base_ms / ours_ms:>9.1f}×")
+    print(f"{'overall':<9}{'':>7}{total_ours:>10.1f}{total_base:>13.1f}{total_base / total_ours:>9.1f}×")
+    every = sum(mean_ms(ours[name]) for name in ["decode", *NAMES])
+    print(f"(ours over all {len(ours['decode'])} corpus images: {every:.1f} ms per image)")
+
+
+def print_accuracy(samples: list[Sample], ours: dict, base: dict) -> None:
+    """Faces, OCR, scene and colour accuracy on the hand labels, ours beside the baseline."""
+    print("\n## Accuracy against ../shared/corpus/labels.json (ours | baseline)")
+    faces = [s for s in samples if s.faces is not None]
+    for label, results in (("ours", ours), ("baseline", base)):
+        exact = sum(results[s.name]["faces_detected"] == s.faces for s in faces)
+        false = sum(max(0, results[s.name]["faces_detected"] - s.faces) for s in faces)
+        missed = sum(max(0, s.faces - results[s.name]["faces_detected"]) for s in faces)
+        print(
+            f"faces   {label:<9} exact count {exact}/{len(faces)}, false positives {false}, missed {missed}"
+        )
+    texts = [s for s in samples if s.text and "text_found" in base[s.name]]
+    empty = [s for s in samples if s.text == "" and "text_found" in base[s.name]]
+    for label, results in (("ours", ours), ("baseline", base)):
+        recalls = [word_recall(s.text or "", results[s.name]["extracted_text"]) for s in texts]
+        spurious = sum(bool(results[s.name]["extracted_text"].strip()) for s in empty)
+        detail = ", ".join(f"{s.name.split('.')[0]} {r:.2f}" for s, r in zip(texts, recalls, strict=False))
+        print(
+            f"text    {label:<9} mean word recall {sum(recalls) / max(1, len(recalls)):.2f} "
+            f"on {len(texts)} labelled images ({detail}); "
+            f"text claimed on {spurious}/{len(empty)} text-free images"
+        )
+    scenes = [s for s in samples if s.scene is not None]
+    for label, results in (("ours", ours), ("baseline", base)):
+        right = [results[s.name]["scene_type"] == s.scene for s in scenes]
+        confidence = [results[s.name]["scene_confidence"] for s in scenes]
+        brier = sum((c - r) ** 2 for c, r in zip(confidence, right, strict=False)) / len(scenes)
+        mean_right = _mean([c for c, r in zip(confidence, right, strict=False) if r])
+        mean_wrong = _mean([c for c, r in zip(confidence, right, strict=False) if not r])
+        print(
+            f"scene   {label:<9} correct {sum(right)}/{len(scenes)} "
+            f"({16 * sum(right) / len(scenes):.1f} per 16); confidence when right {mean_right:.2f}, "
+            f"when wrong {mean_wrong:.2f}, Brier {brier:.3f}"
+        )
+    palettes = [s for s in samples if "dominant_colors" in base[s.name]]
+    errors = [
+        palette_delta_e(
+            base[s.name]["dominant_colors"],
+            base[s.name]["color_shares"],
+            ours[s.name]["dominant_colors"],
+        )
+        for s in palettes
+    ]
+    errors.sort()
+    print(
+        f"colours ours vs full-image K-means on {len(errors)} images: share-weighted CIE76 ΔE "
+        f"mean {_mean(errors):.2f}, median {errors[len(errors) // 2]:.2f}, max {errors[-1]:.2f}"
+    )
+
+
+def _mean(values: list[float]) -> float:
+    """Mean, or nan when empty."""
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _measure_big(data: bytes) -> tuple[float, float, float, tuple[int, int]]:
+    """In a fresh process: CPU seconds for decode + every analyzer, peak RSS before and after (MB)."""
+    cv2.setNumThreads(1)
+    analyze_all(decode_image(load_corpus()[0].data))  # load engines before measuring
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = cpu_seconds()
+    image = decode_image(data)
+    analyze_all(image)
+    seconds = cpu_seconds() - start
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return seconds, before, after, image.shape[:2]
+
+
+def print_big(sizes: list[int], source: Sample) -> None:
+    """Generate phone-sized JPEGs and analyse each whole in its own process."""
+    print(f"\n## Large JPEGs (from {source.name}, upscaled with noise, quality 90)")
+    context = multiprocessing.get_context("spawn")
+    for megapixels in sizes:
+        data = big_jpeg(source.data, megapixels)
+        with context.Pool(1) as pool:
+            seconds, before, after, shape = pool.apply(_measure_big, (data,))
+        target = 1.0 if megapixels <= 12 else 2.0
+        verdict = "meets" if seconds < target else "MISSES"
+        print(
+            f"{megapixels} MP ({len(data) / 1e6:.1f} MB, decoded at {shape[1]}×{shape[0]}): "
+            f"{seconds * 1000:.0f} ms CPU for decode + all analyzers ({verdict} < {target:.0f} s); "
+            f"peak RSS {after:.0f} MB, {max(0.0, after - before):.0f} MB above the warmed-up worker"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="subset the costly baseline, 12 MP only")
+    args = parser.parse_args(argv)
+    cv2.setNumThreads(1)
+    samples = load_corpus()
+    subset = None
+    if args.quick:
+        subset = {s.name for s in samples if s.text} | {s.name for s in samples[::6]}
+    print(
+        f"# Peek analyzers vs the earlier methods on {len(samples)} corpus images"
+        + (" (quick: baseline K-means and OCR on a subset)" if args.quick else "")
+    )
+    wall = time.monotonic()
+    ours_results, ours_seconds = run_ours(samples)
+    base_results, base_seconds = run_baseline(samples, subset)
+    print_speed(ours_seconds, base_seconds)
+    print_accuracy(samples, ours_results, base_results)
+    print_big([12] if args.quick else [12, 24], next(s for s in samples if s.name == "scenetext05.jpg"))
+    print(f"\n(bench wall time {time.monotonic() - wall:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
