@@ -11,7 +11,7 @@ import logging
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -76,7 +76,10 @@ class AnalyzerRunner:
         self.timeout_s = timeout_s
         self._pool = self._new_pool()
 
-    def _new_pool(self) -> ProcessPoolExecutor:
+    def _new_pool(self) -> Executor:
+        if self.processes == 0:
+            # In-process threads: for development and failure-injection tests; a hang cannot be killed.
+            return ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"analyze-{self.analyzer.name}")
         return ProcessPoolExecutor(
             max_workers=self.processes,
             mp_context=multiprocessing.get_context("spawn"),
@@ -88,7 +91,7 @@ class AnalyzerRunner:
         """Stop a pool whose work hangs: kill its processes, start a fresh one."""
         old = self._pool
         self._pool = self._new_pool()
-        for process in list(getattr(old, "_processes", {}).values()):
+        for process in list((getattr(old, "_processes", None) or {}).values()):
             process.kill()
         old.shutdown(wait=False, cancel_futures=True)
 
