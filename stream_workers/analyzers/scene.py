@@ -1,4 +1,13 @@
-"""Scene type (indoor / outdoor / nature) from colour, sky and edge statistics."""
+"""Scene type (indoor / outdoor / nature) from illumination, sky and vegetation statistics.
+
+No learned model: three hand-built cues, each a principled scene statistic.
+- Daylight comes from above: outdoors the top third of a photo (sky) is clearly brighter than
+  the bottom third (ground); indoor light is spread more evenly.
+- Blue sky: saturated blue pixels in the top third.
+- Vegetation: the share of saturated green-yellow pixels; lots of it (with or without sky) is nature.
+Each cue is turned into a log-odds score by a margin over a threshold and a scale; a softmax over
+indoor (score 0), outdoor and nature gives the label and its probability.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,11 @@ FIELDS = ("scene_type", "scene_confidence")
 VERSION = "2"
 
 _WORKING_SIDE = 256
+_LABELS = ("indoor", "outdoor", "nature")
+# (threshold, scale): score = (value - threshold) / scale, in log-odds units
+_TOP_LIGHT = (0.17, 0.06)  # mean value (0-1) of top third minus bottom third
+_BLUE_SKY = (0.25, 0.08)  # share of top third that is saturated blue
+_VEGETATION = (0.45, 0.08)  # share of the image that is saturated green
 
 
 def analyze(image: np.ndarray) -> dict:
@@ -18,14 +32,24 @@ def analyze(image: np.ndarray) -> dict:
     small, _ = shrink(image, _WORKING_SIDE)
     hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
     hue, saturation, value = (hsv[:, :, channel].astype(np.float32) for channel in range(3))
-    coloured = saturation > 40
-    green = float((coloured & (hue >= 35) & (hue <= 85)).mean())
-    top = slice(0, max(1, small.shape[0] // 3))
-    sky = float(((hue[top] >= 90) & (hue[top] <= 130) & (value[top] > 100)).mean())
-    scores = np.array([1.0, 3.0 * sky, 3.0 * green])
-    probabilities = np.exp(scores) / np.exp(scores).sum()
+    third = max(1, small.shape[0] // 3)
+    top_light = float(value[:third].mean() - value[-third:].mean()) / 255.0
+    blue = (hue >= 90) & (hue <= 130) & (saturation > 30) & (value > 100)
+    blue_sky = float(blue[:third].mean())
+    vegetation = float(((hue >= 30) & (hue <= 90) & (saturation > 50) & (value > 40)).mean())
+    outdoor = max(_score(top_light, _TOP_LIGHT), _score(blue_sky, _BLUE_SKY))
+    nature = _score(vegetation, _VEGETATION) + max(0.0, outdoor)
+    logits = np.array([0.0, outdoor, nature])
+    probabilities = np.exp(logits - logits.max())
+    probabilities /= probabilities.sum()
     best = int(np.argmax(probabilities))
     return {
-        "scene_type": ("indoor", "outdoor", "nature")[best],
+        "scene_type": _LABELS[best],
         "scene_confidence": round(float(probabilities[best]), 3),
     }
+
+
+def _score(value: float, threshold_and_scale: tuple[float, float]) -> float:
+    """Log-odds evidence from how far a cue is past its threshold, clipped to ±6."""
+    threshold, scale = threshold_and_scale
+    return float(np.clip((value - threshold) / scale, -6.0, 6.0))

@@ -1,0 +1,144 @@
+"""The analyzers on the shared corpus (with tolerances) and on odd inputs."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+import pytest
+
+from stream_workers.analyzers import REGISTRY, analyze_all
+
+Loader = Callable[[str], np.ndarray]
+
+ODD_IMAGES = {
+    "one_pixel": np.full((1, 1, 3), 37, np.uint8),
+    "thin_line": np.full((1, 300, 3), 200, np.uint8),
+    "flat_black": np.zeros((64, 64, 3), np.uint8),
+    "grey_gradient": np.repeat(np.linspace(0, 255, 256, dtype=np.uint8), 3)
+    .reshape(1, 256, 3)
+    .repeat(128, axis=0),
+    "huge_flat": np.full((4096, 3072, 3), (30, 160, 90), np.uint8),
+}
+
+
+def test_registry_order_and_fields() -> None:
+    assert list(REGISTRY) == ["colors", "quality", "faces", "text", "scene"]
+    for name, analyzer in REGISTRY.items():
+        assert analyzer.name == name and analyzer.version
+
+
+@pytest.mark.parametrize("name", list(ODD_IMAGES))
+def test_every_analyzer_handles_odd_images(name: str) -> None:
+    image = ODD_IMAGES[name]
+    for analyzer in REGISTRY.values():
+        result = analyzer.run(image)
+        assert set(result) == set(analyzer.fields)
+        json.dumps(result)
+    assert np.array_equal(image, ODD_IMAGES[name])  # analyzers never modify their input
+
+
+def test_flat_image_has_one_colour_no_faces_no_text() -> None:
+    result = analyze_all(ODD_IMAGES["huge_flat"])
+    assert result["dominant_colors"] == ["#5aa01e"]
+    assert result["color_shares"] == [1.0]
+    assert result["faces_detected"] == 0 and not result["text_found"]
+    assert result["blur_level"] == "high"
+
+
+def test_colors_on_smarties(corpus_image: Loader) -> None:
+    result = REGISTRY["colors"].run(corpus_image("smarties.png"))
+    assert 1 <= len(result["dominant_colors"]) <= 5
+    assert all(re.fullmatch(r"#[0-9a-f]{6}", colour) for colour in result["dominant_colors"])
+    assert abs(sum(result["color_shares"]) - 1.0) < 0.01
+    assert result["color_shares"] == sorted(result["color_shares"], reverse=True)
+    red, green, blue = (int(result["dominant_colors"][0][i : i + 2], 16) for i in (1, 3, 5))
+    assert min(red, green, blue) > 220  # the white table dominates
+    assert 150 < result["brightness"] < 255
+
+
+def test_colors_close_to_full_image_kmeans(corpus_image: Loader) -> None:
+    image = corpus_image("butterfly.jpg")
+    pixels = image.reshape(-1, 3).astype(np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 100, 0.1)
+    cv2.setRNGSeed(1)
+    _, _, reference = cv2.kmeans(pixels, 5, None, criteria, 3, cv2.KMEANS_PP_CENTERS)
+    ours = np.array(
+        [
+            [int(c[i : i + 2], 16) for i in (5, 3, 1)]
+            for c in REGISTRY["colors"].run(image)["dominant_colors"]
+        ],
+        np.float32,
+    )
+    lab = lambda bgr: cv2.cvtColor((bgr / 255).reshape(-1, 1, 3), cv2.COLOR_BGR2Lab).reshape(-1, 3)  # noqa: E731
+    nearest = np.linalg.norm(lab(reference)[:, None] - lab(ours)[None], axis=2).min(axis=1)
+    assert nearest.mean() < 8.0
+
+
+def test_quality_ranks_sharp_above_blurred(corpus_image: Loader) -> None:
+    sharp = corpus_image("board.jpg")
+    blurred = cv2.GaussianBlur(sharp, (0, 0), 4)
+    sharp_result = REGISTRY["quality"].run(sharp)
+    blurred_result = REGISTRY["quality"].run(blurred)
+    assert sharp_result["sharpness_score"] > 5 * blurred_result["sharpness_score"]
+    assert blurred_result["blur_level"] == "high"
+    assert 0 <= blurred_result["quality_score"] < sharp_result["quality_score"] <= 100
+    assert sharp_result["contrast_score"] > 0
+
+
+def test_faces_finds_the_player(corpus_image: Loader) -> None:
+    image = corpus_image("basketball2.png")
+    result = REGISTRY["faces"].run(image)
+    assert result["faces_detected"] == 1
+    box = result["face_locations"][0]
+    height, width = image.shape[:2]
+    assert 0 <= box["x"] < box["x"] + box["width"] <= width
+    assert 0 <= box["y"] < box["y"] + box["height"] <= height
+    assert 20 <= box["width"] <= 200
+
+
+@pytest.mark.parametrize("name", ["coins.png", "brick.png", "scenetext04.jpg"])
+def test_faces_ignores_textures(corpus_image: Loader, name: str) -> None:
+    assert REGISTRY["faces"].run(corpus_image(name))["faces_detected"] == 0
+
+
+def test_face_boxes_are_in_original_coordinates(corpus_image: Loader) -> None:
+    image = corpus_image("basketball2.png")
+    doubled = cv2.resize(image, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)
+    small = REGISTRY["faces"].run(image)["face_locations"][0]
+    large = REGISTRY["faces"].run(doubled)["face_locations"][0]
+    assert abs(large["x"] - 2 * small["x"]) <= 8 and abs(large["width"] - 2 * small["width"]) <= 12
+
+
+@pytest.mark.parametrize(
+    ("name", "word"),
+    [("scenetext_segmented_word04.jpg", "foster"), ("scenetext_segmented_word02.jpg", "box")],
+)
+def test_text_reads_scene_text(corpus_image: Loader, name: str, word: str) -> None:
+    result = REGISTRY["text"].run(corpus_image(name))
+    assert result["text_found"] and word in result["extracted_text"].lower()
+    assert result["word_count"] == len(result["text_regions"]) >= 1
+
+
+def test_text_reads_a_document(corpus_image: Loader) -> None:
+    result = REGISTRY["text"].run(corpus_image("imageTextN.png"))
+    assert result["word_count"] > 20 and "technical" in result["extracted_text"]
+
+
+@pytest.mark.parametrize("name", ["apple.jpg", "butterfly.jpg", "moon.png"])
+def test_text_free_images_have_no_text(corpus_image: Loader, name: str) -> None:
+    result = REGISTRY["text"].run(corpus_image(name))
+    assert result == {"text_found": False, "extracted_text": "", "word_count": 0, "text_regions": []}
+
+
+@pytest.mark.parametrize(
+    ("name", "scene"),
+    [("butterfly.jpg", "nature"), ("aero3.jpg", "outdoor"), ("apple.jpg", "indoor")],
+)
+def test_scene_labels(corpus_image: Loader, name: str, scene: str) -> None:
+    result = REGISTRY["scene"].run(corpus_image(name))
+    assert result["scene_type"] == scene
+    assert 1 / 3 <= result["scene_confidence"] <= 1

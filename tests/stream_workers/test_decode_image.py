@@ -1,0 +1,140 @@
+"""decode_image and probe_image: formats, odd pixel layouts, and refusals."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stream_workers.decode import DecodeError, decode_image, probe_image
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    """Save a PIL image to bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def test_one_pixel_png_becomes_bgr() -> None:
+    decoded = decode_image(encode(Image.new("RGB", (1, 1), (255, 0, 0)), "PNG"))
+    assert decoded.shape == (1, 1, 3) and decoded.dtype == np.uint8
+    assert decoded[0, 0].tolist() == [0, 0, 255]
+
+
+def test_grayscale_is_expanded_to_three_channels() -> None:
+    decoded = decode_image(encode(Image.new("L", (8, 4), 77), "PNG"))
+    assert decoded.shape == (4, 8, 3)
+    assert (decoded == 77).all()
+
+
+def test_alpha_is_composited_on_white() -> None:
+    image = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    image.putpixel((0, 0), (0, 0, 255, 255))
+    decoded = decode_image(encode(image, "PNG"))
+    assert decoded[0, 0].tolist() == [255, 0, 0]
+    assert decoded[3, 3].tolist() == [255, 255, 255]
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped() -> None:
+    values = np.array([[0, 32896, 65535]], dtype=np.uint16)
+    decoded = decode_image(encode(Image.fromarray(values), "PNG"))
+    assert decoded[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_cmyk_jpeg_is_converted() -> None:
+    data = encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG", quality=95)
+    blue, green, red = decode_image(data)[8, 8].tolist()
+    assert red > 200 and green < 60 and blue < 60
+
+
+def test_exif_orientation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    data = encode(Image.new("RGB", (40, 20), (10, 200, 10)), "JPEG", exif=exif)
+    assert decode_image(data).shape == (40, 20, 3)
+
+
+def test_animated_gif_gives_first_frame() -> None:
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    blue, green, red = decode_image(buffer.getvalue())[4, 4].tolist()
+    assert red > 200 and blue < 60
+
+
+def test_animated_webp_gives_first_frame() -> None:
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((0, 255, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    blue, green, red = decode_image(buffer.getvalue())[4, 4].tolist()
+    assert green > 200 and blue < 60
+
+
+def test_large_jpeg_is_decoded_reduced_to_max_side() -> None:
+    data = encode(Image.new("RGB", (6000, 4000), (90, 120, 150)), "JPEG")
+    decoded = decode_image(data, max_side=1000)
+    assert decoded.shape == (667, 1000, 3)
+    assert abs(int(decoded[300, 500, 2]) - 90) <= 3
+
+
+def test_huge_flat_png_is_downscaled() -> None:
+    decoded = decode_image(encode(Image.new("L", (9000, 3000), 200), "PNG"))
+    assert decoded.shape == (1365, 4096, 3)
+    assert (decoded == 200).all()
+
+
+def test_too_many_pixels_are_refused_before_decoding() -> None:
+    data = encode(Image.new("RGB", (300, 300)), "PNG")
+    with pytest.raises(DecodeError, match="more than"):
+        decode_image(data, max_pixels=10_000)
+    with pytest.raises(DecodeError, match="more than"):
+        probe_image(data, max_pixels=10_000)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"hello, not an image", "not a PNG"),
+        (encode(Image.new("RGB", (8, 8)), "TIFF"), "TIFF"),
+    ],
+)
+def test_unusable_bytes_are_refused_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason):
+        decode_image(data)
+    with pytest.raises(DecodeError, match=reason):
+        probe_image(data)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_files_are_refused(fmt: str) -> None:
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), fmt)
+    truncated = data[: len(data) // 2]
+    with pytest.raises(DecodeError, match="truncated"):
+        decode_image(truncated)
+    with pytest.raises(DecodeError, match="truncated"):
+        probe_image(truncated)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "short", "content_type"),
+    [
+        ("PNG", "png", "image/png"),
+        ("JPEG", "jpeg", "image/jpeg"),
+        ("GIF", "gif", "image/gif"),
+        ("BMP", "bmp", "image/bmp"),
+        ("WEBP", "webp", "image/webp"),
+    ],
+)
+def test_probe_reports_format_and_size(fmt: str, short: str, content_type: str) -> None:
+    info = probe_image(encode(Image.new("RGB", (30, 20), (1, 2, 3)), fmt))
+    assert (info.format, info.content_type, info.width, info.height) == (
+        short,
+        content_type,
+        30,
+        20,
+    )
