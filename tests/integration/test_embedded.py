@@ -1,0 +1,124 @@
+"""`peek up` on a bare machine's defaults: embedded broker, SQLite, local folder, in-process cache."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infra.broker import free_port
+from tests.conftest import wait_final
+from tests.services import REPO, http_ok, wait_for
+
+UPLOADS = ["apple.jpg", "basketball2.png", "scenetext05.jpg", "orange.jpg", "smarties.png", "butterfly.jpg",
+           "aero3.jpg", "board.jpg", "stuff.jpg", "notes.png", "plant.jpg", "sudoku.png"]
+
+
+class PeekUp:
+    """One `peek up` process group on a data folder; each start gets a fresh embedded broker."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL",
+                            "R2_BUCKET_NAME", "R2_ACCOUNT_ID", "UPLOAD_FOLDER")}
+        env.update({"PEEK_KAFKA_SESSION_TIMEOUT_S": "6", "PEEK_RECONCILE_INTERVAL_S": "2"})
+        log = open(self.data_dir.parent / f"{self.data_dir.name}-up.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "up", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_for(lambda: http_ok(f"{self.url}/api/health"), 90, "peek up to be healthy")
+
+    def kill_everything(self) -> None:
+        """kill -9 every Peek process, the embedded broker included (they share one process group)."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        wait_for(lambda: _group_gone(self.process.pid), 10, "the process group to die")  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return False
+    except ProcessLookupError:
+        return True
+
+
+@pytest.fixture
+def peek_up(tmp_path: Path) -> Iterator[PeekUp]:
+    peek = PeekUp(tmp_path / "data")
+    try:
+        yield peek
+    finally:
+        peek.stop()
+
+
+def test_upload_completes_on_embedded_defaults(peek_up: PeekUp, corpus: Path) -> None:
+    peek_up.start()
+    with httpx.Client(base_url=peek_up.url, timeout=30) as http:
+        health = http.get("/api/health").json()
+        assert health == health | {"status": "ok", "database": "connected", "kafka": "connected",
+                                   "storage": "connected", "redis": "in-process"}
+        data = (corpus / "basketball2.png").read_bytes()
+        accepted = http.post("/api/analyze", files={"image": ("b.png", data, "image/png")}).json()
+        result = wait_final(http, accepted["id"])
+        assert result["status"] == "completed" and result["insights"]["faces_detected"] == 1
+        # The local-folder storage serves through the API.
+        assert http.get(accepted["public_url"]).content == data
+        url = http.get(f"/api/image/{accepted['id']}/url", params={"expiration": 60}).json()
+        assert http.get(url["url"]).content == data
+        annotated = http.get(f"/api/image/{accepted['id']}/annotated")
+        assert annotated.headers["x-peek-annotated"] == "true" and annotated.content[:2] == b"\xff\xd8"
+    assert (peek_up.data_dir / "peek.db").is_file()
+    assert list((peek_up.data_dir / "images" / "originals").rglob("*.png"))
+
+
+def test_no_accepted_upload_is_lost_after_kill_9_of_everything(peek_up: PeekUp, corpus: Path) -> None:
+    peek_up.start()
+    with httpx.Client(base_url=peek_up.url, timeout=30) as http:
+        accepted = []
+        for name in UPLOADS:
+            response = http.post("/api/analyze", files={"image": (name, (corpus / name).read_bytes())})
+            assert response.status_code == 202, response.text
+            accepted.append(response.json()["id"])
+    # Everything dies at once, mid-flight: API, workers, sink and the memory-only broker.
+    peek_up.kill_everything()
+    db = sqlite3.connect(peek_up.data_dir / "peek.db")
+    unfinished = db.execute("SELECT count(*) FROM images WHERE status = 'processing'").fetchone()[0]
+    db.close()
+    assert unfinished > 0, "the kill came too late to test anything: every image had finished"
+
+    peek_up.start()
+    with httpx.Client(base_url=peek_up.url, timeout=30) as http:
+        finals = [wait_final(http, image_id, timeout_s=180) for image_id in accepted]
+    assert all(result["status"] == "completed" for result in finals), finals
+    db = sqlite3.connect(peek_up.data_dir / "peek.db")
+    rows = db.execute("SELECT image_id, count(*) FROM analysis_results GROUP BY image_id").fetchall()
+    db.close()
+    assert sorted(image_id for image_id, _ in rows) == sorted(accepted)
+    assert all(count == 5 for _, count in rows), "each analyzer's result is stored exactly once per image"
