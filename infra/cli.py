@@ -111,6 +111,40 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return run_ingest(args)
 
 
+def _rate(value: str) -> int:
+    """``N`` or ``N/min``: requests per minute."""
+    number = value.strip().lower().removesuffix("/min").removesuffix("/m")
+    if not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"rate must look like 120/min, not {value!r}")
+    return int(number)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from infra.keys import create_key, describe, list_keys, revoke_key
+    from sink.db import make_engine, make_sessionmaker, migrate
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    engine = make_engine(get_settings().effective_database_url)
+    migrate(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        if args.action == "create":
+            row, secret = create_key(session, args.name, args.rate)
+            print(json.dumps({**describe(row), "key": secret}))
+            print("Keep the key now: Peek stores only its hash and cannot show it again.", file=sys.stderr)
+        elif args.action == "list":
+            for row in list_keys(session):
+                print(json.dumps(describe(row)))
+        else:
+            revoked = revoke_key(session, args.id)
+            if revoked is None:
+                print(f"peek: no API key with id {args.id}", file=sys.stderr)
+                return 1
+            print(json.dumps(describe(revoked)))
+    engine.dispose()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peek", description="Peek: image insights on a Kafka pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -145,11 +179,33 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="bulk upload folders (or an s3:// prefix)")
     ingest.add_argument("paths", nargs="+")
     ingest.add_argument("--api", default="http://127.0.0.1:8000")
-    ingest.add_argument("--concurrency", type=int, default=8)
+    ingest.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    ingest.add_argument("--batch-size", type=int, default=16, help="files per request")
     ingest.add_argument("--wait", action="store_true", help="follow results to the end and summarise")
-    ingest.add_argument("--manifest", default=None, help="file -> id manifest (resumes a previous run)")
-    ingest.add_argument("--reanalyze", action="store_true")
+    ingest.add_argument(
+        "--wait-timeout", type=float, default=24 * 3600, help="seconds --wait follows results"
+    )
+    ingest.add_argument(
+        "--manifest",
+        default=None,
+        help="file -> id manifest, resumed by the next run (default ./peek-ingest-manifest.jsonl)",
+    )
+    ingest.add_argument("--reanalyze", action="store_true", help="analyse again what Peek has seen")
+    ingest.add_argument(
+        "--retry-for", type=float, default=600, help="seconds to keep retrying an unreachable API"
+    )
+    ingest.add_argument("--quiet", action="store_true", help="no progress bars")
     ingest.set_defaults(func=cmd_ingest)
+
+    keys = commands.add_parser("keys", help="create, list and revoke API keys")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    create = key_actions.add_parser("create", help="make a key (printed once) for a client")
+    create.add_argument("name")
+    create.add_argument("--rate", type=_rate, default=None, help="requests per minute, e.g. 120/min")
+    key_actions.add_parser("list", help="every key, without secrets")
+    revoke = key_actions.add_parser("revoke", help="stop a key from working")
+    revoke.add_argument("id", type=int)
+    keys.set_defaults(func=cmd_keys)
     return parser
 
 

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(60_000_000, validation_alias=AliasChoices("PEEK_MAX_IMAGE_PIXELS"))
 
     cors_allowed_origins: str = Field("", validation_alias=AliasChoices("CORS_ALLOWED_ORIGINS"))
+    # Access: API keys are required when this is set or once any key exists (`peek keys create`).
+    require_api_keys: bool = Field(False, validation_alias=AliasChoices("PEEK_REQUIRE_API_KEYS"))
+    rate_limit_per_minute: int = Field(600, validation_alias=AliasChoices("PEEK_RATE_LIMIT_PER_MINUTE"))
+    # How long an upload waits for the broker's acknowledgement before answering 503.
+    produce_timeout_s: float = Field(10.0, validation_alias=AliasChoices("PEEK_PRODUCE_TIMEOUT_S"))
     public_api_url: str = Field("", validation_alias=AliasChoices("PEEK_PUBLIC_API_URL"))
 
     # Pipeline shape and tuning.
@@ -53,6 +58,11 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(10.0, validation_alias=AliasChoices("PEEK_RECONCILE_INTERVAL_S"))
     reconcile_after_s: float = Field(300.0, validation_alias=AliasChoices("PEEK_RECONCILE_AFTER_S"))
     reconcile_max_attempts: int = Field(3, validation_alias=AliasChoices("PEEK_RECONCILE_MAX_ATTEMPTS"))
+    # Bulk ingestion: parts per batch request, parts of one request accepted at once, and objects
+    # per page of a bucket ingestion.
+    batch_max_files: int = Field(256, validation_alias=AliasChoices("PEEK_BATCH_MAX_FILES"))
+    ingest_concurrency: int = Field(16, validation_alias=AliasChoices("PEEK_INGEST_CONCURRENCY"))
+    bucket_page_size: int = Field(200, validation_alias=AliasChoices("PEEK_BUCKET_PAGE_SIZE"))
     result_cache_ttl_s: int = Field(7 * 24 * 3600, validation_alias=AliasChoices("PEEK_RESULT_CACHE_TTL_S"))
 
     @field_validator("data_dir")

@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from infra.settings import Settings, get_settings
+from ingest_api.auth import ApiKeyMiddleware
+from ingest_api.cors import OriginPolicy, check_origins
 from ingest_api.errors import install_error_handlers
-from ingest_api.routes import analyze, health, images, results
+from ingest_api.routes import analyze, batch, health, images, ingest_bucket, results
 from ingest_api.services import Services
 
 
@@ -24,17 +25,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            access = getattr(app.state, "access", None)
+            if access is not None:
+                await access.limiter.close()
             services.close()
 
     app = FastAPI(title="Peek", version="1.0", lifespan=lifespan)
     install_error_handlers(app)
+    # API keys inside CORS, so that a browser can read a 401 or 429.
+    app.add_middleware(ApiKeyMiddleware)
     if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["*"],
-        )
-    for module in (health, analyze, results, images):
+        check_origins(settings)
+        app.add_middleware(OriginPolicy, settings=settings)
+    for module in (health, analyze, batch, ingest_bucket, results, images):
         app.include_router(module.router)
     return app

@@ -33,10 +33,10 @@ def multipart_body(field: str, *, many: bool = False) -> dict[str, Any]:
     }
 
 
-async def read_form(request: Request, max_files: int) -> FormData:
+async def read_form(request: Request, max_files: int, field: str = "image") -> FormData:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        raise ApiError(400, "send the image as multipart/form-data in the field 'image'")
+        raise ApiError(400, f"send the image as multipart/form-data in the field '{field}'")
     try:
         return await request.form(max_files=max_files, max_fields=MAX_FIELDS)
     except MultiPartException as exc:

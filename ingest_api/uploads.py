@@ -1,6 +1,8 @@
 """Accepting an upload: validate the bytes, store them, record the row, emit the event.
 
 Either all of it happens or none of it: a failure after a step undoes the steps before it.
+Bytes Peek has already seen (same sha256) are not stored or analysed again: the upload answers
+with the existing image's id, unless the caller asks to ``reanalyze`` (a new image, a fresh run).
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import logging
 import re
 import unicodedata
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from infra.kafka import DeliveryError
@@ -21,7 +26,7 @@ from infra.urls import public_url
 from ingest_api.errors import ApiError
 from ingest_api.services import Services
 from schemas.topics import IMAGE_UPLOADED
-from sink.models import Image
+from sink.models import FAILED, Image
 from sink.store import uploaded_event
 from stream_workers.decode import DecodeError, ImageInfo, probe_image
 
@@ -36,6 +41,15 @@ RETRY_AFTER_S = "5"
 class Accepted:
     image_id: int
     public_url: str
+    status: str = "processing"
+    duplicate: bool = False
+
+    def body(self) -> dict[str, object]:
+        """The JSON answer for this upload: ``duplicate`` only when an earlier image was reused."""
+        body: dict[str, object] = {"id": self.image_id, "status": self.status, "public_url": self.public_url}
+        if self.duplicate:
+            body["duplicate"] = True
+        return body
 
 
 def sanitise_filename(name: str | None) -> str | None:
@@ -70,11 +84,32 @@ def _storage_key(info: ImageInfo) -> str:
     return f"originals/{today:%Y/%m/%d}/{uuid.uuid4().hex}.{EXTENSION_OF_FORMAT[info.format]}"
 
 
-def _insert_row(services: Services, row: Image) -> int:
+def _seen(session: Session, sha256: str) -> Image | None:
+    """The newest image with these bytes whose analysis did not fail (a failed one is retried)."""
+    return session.scalars(
+        select(Image).where(Image.sha256 == sha256, Image.status != FAILED).order_by(Image.id.desc()).limit(1)
+    ).first()
+
+
+def find_duplicate(services: Services, sha256: str) -> Image | None:
+    with services.sessions() as session:
+        return _seen(session, sha256)
+
+
+def _insert_row(services: Services, row: Image, dedup: bool) -> Image:
+    """Insert the row and return it; with ``dedup``, return an earlier image with the same bytes
+    instead when one appeared since the first look (two uploads of one file racing)."""
     with services.sessions.begin() as session:
+        if dedup:
+            if session.get_bind().dialect.name == "postgresql":
+                # Serialise uploads of the same bytes, so the check and the insert are one step.
+                session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:sha))"), {"sha": row.sha256})
+            earlier = _seen(session, row.sha256)
+            if earlier is not None:
+                return earlier
         session.add(row)
         session.flush()
-        return row.id
+        return row
 
 
 def _delete_row(services: Services, image_id: int) -> None:
@@ -84,16 +119,46 @@ def _delete_row(services: Services, image_id: int) -> None:
             session.delete(image)
 
 
-async def accept_upload(services: Services, data: bytes, filename: str | None) -> Accepted:
-    """Validate, store, record and emit one image; returns once the event is delivered."""
+def _reuse(services: Services, image: Image) -> Accepted:
+    return Accepted(
+        image.id, public_url(services.settings, image.id, image.storage_key), image.status, duplicate=True
+    )
+
+
+async def accept_upload(
+    services: Services,
+    data: bytes,
+    filename: str | None,
+    *,
+    reanalyze: bool = False,
+    store: Callable[[str, bytes, str], None] | None = None,
+) -> Accepted:
+    """Validate, store, record and emit one image; returns once the event is delivered.
+
+    Already-seen bytes return the earlier image (``duplicate``) and re-run nothing, unless
+    ``reanalyze`` is set. ``store(key, data, content_type)`` puts the original in Peek's storage;
+    by default it uploads ``data``, bucket ingestion passes a server-side copy instead.
+    """
+    store = store or services.storage.put
     settings = services.settings
     filename = sanitise_filename(filename)
     info = await run_in_threadpool(
         validate_image, data, filename, settings.max_file_size, settings.max_image_pixels
     )
+    sha256 = hashlib.sha256(data).hexdigest()
+    if not reanalyze:
+        try:
+            earlier = await run_in_threadpool(find_duplicate, services, sha256)
+        except Exception:
+            log.exception("database read failed")
+            raise ApiError(
+                503, "the database is unavailable; try again shortly", {"Retry-After": RETRY_AFTER_S}
+            ) from None
+        if earlier is not None:
+            return _reuse(services, earlier)
     key = _storage_key(info)
     try:
-        await run_in_threadpool(services.storage.put, key, data, info.content_type)
+        await run_in_threadpool(store, key, data, info.content_type)
     except StorageError as exc:
         log.error("storage write failed: %s", exc)
         raise ApiError(
@@ -106,17 +171,21 @@ async def accept_upload(services: Services, data: bytes, filename: str | None) -
         size_bytes=len(data),
         width=info.width,
         height=info.height,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256,
         expected_analyzers=settings.analyzer_names,
     )
     try:
-        image_id = await run_in_threadpool(_insert_row, services, row)
+        stored = await run_in_threadpool(_insert_row, services, row, not reanalyze)
     except Exception:
         log.exception("database write failed")
         await run_in_threadpool(services.storage.delete, key)
         raise ApiError(
             503, "the database is unavailable; try again shortly", {"Retry-After": RETRY_AFTER_S}
         ) from None
+    if stored is not row:
+        await run_in_threadpool(services.storage.delete, key)
+        return _reuse(services, stored)
+    image_id = row.id
     event = uploaded_event(row)
     try:
         await services.producer.send(IMAGE_UPLOADED, str(image_id), event.to_bytes())

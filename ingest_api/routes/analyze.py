@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
@@ -15,8 +17,13 @@ router = APIRouter()
 
 
 @router.post("/api/analyze", status_code=202, openapi_extra=multipart_body("image"))
-async def analyze(request: Request, services: ServicesDep) -> JSONResponse:
-    """Store the image and queue it for every analyzer; 202 with its id."""
+async def analyze(
+    request: Request, services: ServicesDep, reanalyze: Annotated[bool, Query()] = False
+) -> JSONResponse:
+    """Store the image and queue it for every analyzer; 202 with its id.
+
+    Bytes already seen answer with the earlier image's id (``"duplicate": true``) unless
+    ``?reanalyze=true``."""
     form = await read_form(request, max_files=4)
     try:
         upload = form.get("image")
@@ -25,10 +32,7 @@ async def analyze(request: Request, services: ServicesDep) -> JSONResponse:
         if not isinstance(upload, UploadFile):
             raise ApiError(400, "the field 'image' must be a file, not text")
         data = await read_upload(upload, services.settings.max_file_size)
-        accepted = await accept_upload(services, data, upload.filename)
+        accepted = await accept_upload(services, data, upload.filename, reanalyze=reanalyze)
     finally:
         await form.close()
-    return JSONResponse(
-        {"id": accepted.image_id, "status": "processing", "public_url": accepted.public_url},
-        status_code=202,
-    )
+    return JSONResponse(accepted.body(), status_code=202)
