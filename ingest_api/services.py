@@ -35,7 +35,9 @@ class Services:
             sessions=make_sessionmaker(engine),
             storage=build_storage(settings),
             cache=build_cache(settings.redis_url),
-            producer=EventProducer(settings.kafka_bootstrap_servers),
+            producer=EventProducer(
+                settings.kafka_bootstrap_servers, delivery_timeout_s=settings.produce_timeout_s
+            ),
         )
 
     def close(self) -> None:

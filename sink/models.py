@@ -57,6 +57,8 @@ class Image(Base):
     text_found: Mapped[bool | None] = mapped_column(Boolean)
     callback_url: Mapped[str | None] = mapped_column(Text)
     emit_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The API key that uploaded the image; None when access control was off.
+    owner_key_id: Mapped[int | None] = mapped_column(Integer, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -66,6 +68,21 @@ class Image(Base):
         Index("ix_images_created_id", "created_at", "id"),
         Index("ix_images_scene_type", "scene_type"),
     )
+
+
+class ApiKey(Base):
+    """A client's API key; only the SHA-256 of the secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    # The first characters of the secret, shown by `peek keys list` to tell keys apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    rate_per_minute: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class AnalysisResult(Base):

@@ -8,7 +8,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from infra.keys import KeyRecord
 from infra.storage import ObjectNotFound, StorageError
+from ingest_api.auth import may_read, request_key
 from ingest_api.errors import ApiError
 from ingest_api.services import Services, ServicesDep
 from sink.models import PROCESSING, Image
@@ -19,10 +21,11 @@ MIN_EXPIRATION_S = 60
 MAX_EXPIRATION_S = 604_800
 
 
-def _image_row(services: Services, image_id: int) -> Image:
+def _image_row(services: Services, image_id: int, key: KeyRecord | None) -> Image:
     with services.sessions() as session:
         image = session.get(Image, image_id)
-    if image is None:
+    # Another key's image is answered exactly like a missing one: its existence is not revealed.
+    if image is None or not may_read(key, image.owner_key_id):
         raise ApiError(404, f"no image with id {image_id}")
     return image
 
@@ -37,9 +40,9 @@ async def _read(services: Services, key: str) -> bytes:
 
 
 @router.get("/api/image/{image_id}/original")
-async def original(image_id: int, services: ServicesDep) -> Response:
+async def original(image_id: int, request: Request, services: ServicesDep) -> Response:
     """The uploaded bytes, with their content type."""
-    image = await run_in_threadpool(_image_row, services, image_id)
+    image = await run_in_threadpool(_image_row, services, image_id, request_key(request))
     data = await _read(services, image.storage_key)
     return Response(
         data,
@@ -49,9 +52,9 @@ async def original(image_id: int, services: ServicesDep) -> Response:
 
 
 @router.get("/api/image/{image_id}/annotated")
-async def annotated(image_id: int, services: ServicesDep) -> Response:
+async def annotated(image_id: int, request: Request, services: ServicesDep) -> Response:
     """The image with detected faces (and text regions) boxed; the original when nothing was found."""
-    image = await run_in_threadpool(_image_row, services, image_id)
+    image = await run_in_threadpool(_image_row, services, image_id, request_key(request))
     if image.status == PROCESSING:
         return JSONResponse({"id": image_id, "status": PROCESSING}, status_code=202)
     if image.annotated_key:
@@ -71,7 +74,7 @@ async def image_url(
     """A URL for the original: presigned (or R2 public domain) on S3, the API route on local storage."""
     if not MIN_EXPIRATION_S <= expiration <= MAX_EXPIRATION_S:
         raise ApiError(400, f"expiration must be between {MIN_EXPIRATION_S} and {MAX_EXPIRATION_S} seconds")
-    image = await run_in_threadpool(_image_row, services, image_id)
+    image = await run_in_threadpool(_image_row, services, image_id, request_key(request))
     url = await run_in_threadpool(services.storage.url, image.storage_key, expiration)
     if url is None:
         base = services.settings.public_api_url.rstrip("/") or str(request.base_url).rstrip("/")

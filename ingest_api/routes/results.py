@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from infra.keys import KeyRecord
 from infra.urls import public_url
+from ingest_api.auth import may_read, request_key
 from ingest_api.errors import ApiError
 from ingest_api.services import Services, ServicesDep
 from sink.models import PROCESSING, Image
@@ -46,7 +49,18 @@ def respond(result: dict[str, Any]) -> JSONResponse:
     return JSONResponse(result, status_code=200)
 
 
+def ensure_may_read(services: Services, key: KeyRecord, image_id: int) -> None:
+    """404, as for a missing image, when the image belongs to another key."""
+    with services.sessions() as session:
+        owner = session.execute(select(Image.owner_key_id).where(Image.id == image_id)).first()
+    if owner is None or not may_read(key, owner[0]):
+        raise ApiError(404, f"no image with id {image_id}")
+
+
 @router.get("/api/results/{image_id}")
-async def get_result(image_id: int, services: ServicesDep) -> JSONResponse:
+async def get_result(image_id: int, request: Request, services: ServicesDep) -> JSONResponse:
     """202 while processing, 200 when completed or failed, 404 for an unknown id."""
+    key = request_key(request)
+    if key is not None:
+        await run_in_threadpool(ensure_may_read, services, key, image_id)
     return respond(await find_result(services, image_id))
