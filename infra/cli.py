@@ -145,40 +145,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rate(value: str) -> int:
-    """``N`` or ``N/min``: requests per minute."""
-    number = value.strip().lower().removesuffix("/min").removesuffix("/m")
-    if not number.isdigit() or int(number) < 1:
-        raise argparse.ArgumentTypeError(f"rate must look like 120/min, not {value!r}")
-    return int(number)
-
-
-def cmd_keys(args: argparse.Namespace) -> int:
-    from infra.keys import create_key, describe, list_keys, revoke_key
-    from sink.db import make_engine, make_sessionmaker, migrate
-
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    engine = make_engine(get_settings().effective_database_url)
-    migrate(engine)
-    sessions = make_sessionmaker(engine)
-    with sessions.begin() as session:
-        if args.action == "create":
-            row, secret = create_key(session, args.name, args.rate)
-            print(json.dumps({**describe(row), "key": secret}))
-            print("Keep the key now: Peek stores only its hash and cannot show it again.", file=sys.stderr)
-        elif args.action == "list":
-            for row in list_keys(session):
-                print(json.dumps(describe(row)))
-        else:
-            revoked = revoke_key(session, args.id)
-            if revoked is None:
-                print(f"peek: no API key with id {args.id}", file=sys.stderr)
-                return 1
-            print(json.dumps(describe(revoked)))
-    engine.dispose()
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peek", description="Peek: image insights on a Kafka pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -230,16 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("--quiet", action="store_true", help="no progress bars")
     ingest.set_defaults(func=cmd_ingest)
-
-    keys = commands.add_parser("keys", help="create, list and revoke API keys")
-    key_actions = keys.add_subparsers(dest="action", required=True)
-    create = key_actions.add_parser("create", help="make a key (printed once) for a client")
-    create.add_argument("name")
-    create.add_argument("--rate", type=_rate, default=None, help="requests per minute, e.g. 120/min")
-    key_actions.add_parser("list", help="every key, without secrets")
-    revoke = key_actions.add_parser("revoke", help="stop a key from working")
-    revoke.add_argument("id", type=int)
-    keys.set_defaults(func=cmd_keys)
 
     keys = commands.add_parser("keys", help="create, list and revoke API keys")
     key_actions = keys.add_subparsers(dest="action", required=True)

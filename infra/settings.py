@@ -46,11 +46,6 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(600, validation_alias=AliasChoices("PEEK_RATE_LIMIT_PER_MINUTE"))
     # How long an upload waits for the broker's acknowledgement before answering 503.
     produce_timeout_s: float = Field(10.0, validation_alias=AliasChoices("PEEK_PRODUCE_TIMEOUT_S"))
-    # Access: API keys are required when this is set or once any key exists (`peek keys create`).
-    require_api_keys: bool = Field(False, validation_alias=AliasChoices("PEEK_REQUIRE_API_KEYS"))
-    rate_limit_per_minute: int = Field(600, validation_alias=AliasChoices("PEEK_RATE_LIMIT_PER_MINUTE"))
-    # How long an upload waits for the broker's acknowledgement before answering 503.
-    produce_timeout_s: float = Field(10.0, validation_alias=AliasChoices("PEEK_PRODUCE_TIMEOUT_S"))
     public_api_url: str = Field("", validation_alias=AliasChoices("PEEK_PUBLIC_API_URL"))
 
     # Pipeline shape and tuning.
