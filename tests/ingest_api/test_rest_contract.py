@@ -28,8 +28,13 @@ class Footprint:
 
     def __init__(self, database_url: str, s3_endpoint: str, kafka_bootstrap: str) -> None:
         self.database_url = database_url
-        self.s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="test",
-                               aws_secret_access_key="test", region_name="us-east-1")
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=s3_endpoint,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            region_name="us-east-1",
+        )
         self.consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "footprint-probe"})
 
     def snapshot(self) -> tuple[int, int, int]:
@@ -37,8 +42,10 @@ class Footprint:
             rows = connection.execute("SELECT count(*) FROM images").fetchone()[0]
         objects = self.s3.list_objects_v2(Bucket="peek-test").get("KeyCount", 0)
         metadata = self.consumer.list_topics("image.uploaded", timeout=10).topics["image.uploaded"]
-        events = sum(self.consumer.get_watermark_offsets(TopicPartition("image.uploaded", p), timeout=10)[1]
-                     for p in metadata.partitions)
+        events = sum(
+            self.consumer.get_watermark_offsets(TopicPartition("image.uploaded", p), timeout=10)[1]
+            for p in metadata.partitions
+        )
         return rows, objects, events
 
 
@@ -50,27 +57,53 @@ def footprint(pipeline, database_url, s3_endpoint, kafka_bootstrap):
 
 
 REFUSALS = [
-    pytest.param({"files": {"photo": ("a.png", png_bytes(), "image/png")}}, 400, "field 'image'", id="missing-field"),
-    pytest.param({"data": {"image": "not a file"}, "files": {"other": ("x", b"x")}}, 400, "must be a file",
-                 id="text-instead-of-file"),
-    pytest.param({"content": b'{"image": 1}', "headers": {"content-type": "application/json"}}, 400,
-                 "multipart/form-data", id="not-multipart"),
+    pytest.param(
+        {"files": {"photo": ("a.png", png_bytes(), "image/png")}}, 400, "field 'image'", id="missing-field"
+    ),
+    pytest.param(
+        {"data": {"image": "not a file"}, "files": {"other": ("x", b"x")}},
+        400,
+        "must be a file",
+        id="text-instead-of-file",
+    ),
+    pytest.param(
+        {"content": b'{"image": 1}', "headers": {"content-type": "application/json"}},
+        400,
+        "multipart/form-data",
+        id="not-multipart",
+    ),
     pytest.param({"files": {"image": ("empty.png", b"", "image/png")}}, 400, "empty", id="empty-file"),
-    pytest.param({"files": {"image": ("notes.txt", b"hello world", "text/plain")}}, 400, ".txt", id="wrong-extension"),
-    pytest.param({"files": {"image": ("fake.png", b"hello world, not an image", "image/png")}}, 400,
-                 "not a usable image", id="text-named-png"),
-    pytest.param({"files": {"image": ("cut.png", png_bytes((64, 64))[:60], "image/png")}}, 400,
-                 "not a usable image", id="truncated-png"),
-    pytest.param({"files": {"image": ("big.jpg", b"\xff\xd8\xff" + b"0" * (16 * 1024 * 1024), "image/jpeg")}}, 413,
-                 "16 MB", id="oversized"),
-    pytest.param({"files": {"image": ("doc.pdf", b"%PDF-1.4 fake", "application/pdf")}}, 400, "not allowed",
-                 id="pdf"),
+    pytest.param(
+        {"files": {"image": ("notes.txt", b"hello world", "text/plain")}}, 400, ".txt", id="wrong-extension"
+    ),
+    pytest.param(
+        {"files": {"image": ("fake.png", b"hello world, not an image", "image/png")}},
+        400,
+        "not a usable image",
+        id="text-named-png",
+    ),
+    pytest.param(
+        {"files": {"image": ("cut.png", png_bytes((64, 64))[:60], "image/png")}},
+        400,
+        "not a usable image",
+        id="truncated-png",
+    ),
+    pytest.param(
+        {"files": {"image": ("big.jpg", b"\xff\xd8\xff" + b"0" * (16 * 1024 * 1024), "image/jpeg")}},
+        413,
+        "16 MB",
+        id="oversized",
+    ),
+    pytest.param(
+        {"files": {"image": ("doc.pdf", b"%PDF-1.4 fake", "application/pdf")}}, 400, "not allowed", id="pdf"
+    ),
 ]
 
 
 @pytest.mark.parametrize(("request_kwargs", "status", "message"), REFUSALS)
-def test_bad_uploads_are_refused_with_a_reason_and_leave_nothing(client: httpx.Client, footprint: Footprint,
-                                                                 request_kwargs, status, message) -> None:
+def test_bad_uploads_are_refused_with_a_reason_and_leave_nothing(
+    client: httpx.Client, footprint: Footprint, request_kwargs, status, message
+) -> None:
     before = footprint.snapshot()
     response = client.post("/api/analyze", **request_kwargs)
     assert response.status_code == status, response.text
@@ -90,8 +123,9 @@ def test_accepted_upload_answers_202_with_id_and_url(client: httpx.Client, footp
     rows, objects, events = footprint.snapshot()
     assert (rows, objects, events) == (before[0] + 1, before[1] + 1, before[2] + 1)
     with psycopg.connect(footprint.database_url) as connection:
-        name, key = connection.execute("SELECT original_filename, storage_key FROM images WHERE id = %s",
-                                       (body["id"],)).fetchone()
+        name, key = connection.execute(
+            "SELECT original_filename, storage_key FROM images WHERE id = %s", (body["id"],)
+        ).fetchone()
     assert name == "passwd.png" and key.startswith("originals/") and "passwd" not in key
 
 
@@ -101,7 +135,9 @@ def test_results_statuses(client: httpx.Client, database_url: str) -> None:
             "INSERT INTO images (storage_key, content_type, size_bytes, width, height, sha256, status,"
             " expected_analyzers, emit_attempts, created_at, updated_at) VALUES"
             " ('originals/none.png', 'image/png', 1, 1, 1, 'contract-test', %s, '[\"colors\"]', 0, now(), now())"
-            " RETURNING id", (PROCESSING,)).fetchone()[0]
+            " RETURNING id",
+            (PROCESSING,),
+        ).fetchone()[0]
     processing = client.get(f"/api/results/{image_id}")
     assert processing.status_code == 202 and processing.json() == {"id": image_id, "status": "processing"}
     missing = client.get("/api/results/987654321")

@@ -17,8 +17,20 @@ from infra.broker import free_port
 from tests.conftest import wait_final
 from tests.services import REPO, http_ok, wait_for
 
-UPLOADS = ["apple.jpg", "basketball2.png", "scenetext05.jpg", "orange.jpg", "smarties.png", "butterfly.jpg",
-           "aero3.jpg", "board.jpg", "stuff.jpg", "notes.png", "plant.jpg", "sudoku.png"]
+UPLOADS = [
+    "apple.jpg",
+    "basketball2.png",
+    "scenetext05.jpg",
+    "orange.jpg",
+    "smarties.png",
+    "butterfly.jpg",
+    "aero3.jpg",
+    "board.jpg",
+    "stuff.jpg",
+    "notes.png",
+    "plant.jpg",
+    "sudoku.png",
+]
 
 
 class PeekUp:
@@ -34,14 +46,38 @@ class PeekUp:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL",
-                            "R2_BUCKET_NAME", "R2_ACCOUNT_ID", "UPLOAD_FOLDER")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k
+            not in (
+                "DATABASE_URL",
+                "REDIS_URL",
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "S3_ENDPOINT_URL",
+                "R2_BUCKET_NAME",
+                "R2_ACCOUNT_ID",
+                "UPLOAD_FOLDER",
+            )
+        }
         env.update({"PEEK_KAFKA_SESSION_TIMEOUT_S": "6", "PEEK_RECONCILE_INTERVAL_S": "2"})
         log = open(self.data_dir.parent / f"{self.data_dir.name}-up.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", "up", "--port", str(self.port), "--data-dir", str(self.data_dir)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "infra.cli",
+                "up",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_for(lambda: http_ok(f"{self.url}/api/health"), 90, "peek up to be healthy")
 
@@ -82,8 +118,13 @@ def test_upload_completes_on_embedded_defaults(peek_up: PeekUp, corpus: Path) ->
     peek_up.start()
     with httpx.Client(base_url=peek_up.url, timeout=30) as http:
         health = http.get("/api/health").json()
-        assert health == health | {"status": "ok", "database": "connected", "kafka": "connected",
-                                   "storage": "connected", "redis": "in-process"}
+        assert health == health | {
+            "status": "ok",
+            "database": "connected",
+            "kafka": "connected",
+            "storage": "connected",
+            "redis": "in-process",
+        }
         data = (corpus / "basketball2.png").read_bytes()
         accepted = http.post("/api/analyze", files={"image": ("b.png", data, "image/png")}).json()
         result = wait_final(http, accepted["id"])

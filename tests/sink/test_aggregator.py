@@ -1,0 +1,200 @@
+"""Merging partials on real PostgreSQL, Redis, S3 and Kafka: idempotence, failures as data, reconciling."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import Consumer
+from sqlalchemy import func, select
+
+from infra.cache import build_cache
+from infra.kafka import EventProducer, ensure_topics
+from infra.settings import Settings
+from infra.storage import build_storage
+from schemas.events import AnalysisPartial
+from sink.aggregator import Aggregator
+from sink.db import make_engine, make_sessionmaker, migrate
+from sink.models import AnalysisResult, Image
+from tests.services import fresh_database
+
+ANALYZERS = ["colors", "quality", "faces", "text", "scene"]
+
+
+@pytest.fixture(scope="module")
+def aggregator(
+    postgres_server: str, pipeline_env: dict[str, str], kafka_bootstrap: str
+) -> Iterator[Aggregator]:
+    # Its own database: reconciling with zero patience must not touch other tests' images.
+    with fresh_database(postgres_server) as database_url:
+        yield from _aggregator(database_url, pipeline_env, kafka_bootstrap)
+
+
+def _aggregator(
+    database_url: str, pipeline_env: dict[str, str], kafka_bootstrap: str
+) -> Iterator[Aggregator]:
+    settings = Settings(
+        **{
+            "DATABASE_URL": database_url,
+            "REDIS_URL": pipeline_env["REDIS_URL"],
+            "S3_ENDPOINT_URL": pipeline_env["S3_ENDPOINT_URL"],
+            "R2_BUCKET_NAME": "peek-test",
+            "R2_ACCESS_KEY_ID": "test",
+            "R2_SECRET_ACCESS_KEY": "test",
+            "S3_REGION": "us-east-1",
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "PEEK_RECONCILE_AFTER_S": 0,
+            "PEEK_RECONCILE_MAX_ATTEMPTS": 1,
+        }
+    )
+    ensure_topics(kafka_bootstrap, 4)
+    engine = make_engine(settings.effective_database_url)
+    migrate(engine)
+    producer = EventProducer(kafka_bootstrap)
+    yield Aggregator(
+        settings,
+        make_sessionmaker(engine),
+        producer,
+        build_cache(settings.redis_url),
+        build_storage(settings),
+    )
+    producer.close()
+    engine.dispose()
+
+
+def new_image(aggregator: Aggregator) -> int:
+    with aggregator.sessions.begin() as session:
+        image = Image(
+            storage_key=f"originals/test/{uuid.uuid4().hex}.png",
+            content_type="image/png",
+            size_bytes=10,
+            width=10,
+            height=10,
+            sha256=uuid.uuid4().hex,
+            expected_analyzers=ANALYZERS,
+        )
+        session.add(image)
+        session.flush()
+        return image.id
+
+
+def ok(image_id: int, analyzer: str, **result: object) -> AnalysisPartial:
+    return AnalysisPartial(
+        image_id=image_id, analyzer=analyzer, analyzer_version="1", status="ok", result=result, elapsed_ms=3.0
+    )
+
+
+def error(image_id: int, analyzer: str, reason: str) -> AnalysisPartial:
+    return AnalysisPartial(
+        image_id=image_id,
+        analyzer=analyzer,
+        analyzer_version="1",
+        status="error",
+        error=reason,
+        elapsed_ms=1.0,
+    )
+
+
+def completed_events(
+    kafka_bootstrap: str, image_id: int, topic: str = "image.analysis.completed"
+) -> list[dict]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([topic])
+    found, idle = [], 0
+    try:
+        while idle < 4:
+            message = consumer.poll(1.0)
+            if message is None:
+                idle += 1 if found or idle < 3 else 1
+                continue
+            if not message.error() and message.key() == str(image_id).encode():
+                found.append(json.loads(message.value()))
+    finally:
+        consumer.close()
+    return found
+
+
+def test_last_partial_completes_and_a_duplicate_changes_nothing(
+    aggregator: Aggregator, kafka_bootstrap
+) -> None:
+    image_id = new_image(aggregator)
+    partials = [
+        ok(image_id, "colors", dominant_colors=["#ffffff"], brightness=200.0),
+        ok(
+            image_id,
+            "quality",
+            sharpness_score=1.0,
+            blur_level="high",
+            contrast_score=2.0,
+            quality_score=10.0,
+        ),
+        ok(image_id, "faces", faces_detected=0, face_locations=[]),
+        ok(image_id, "text", text_found=False, extracted_text="", word_count=0),
+        ok(image_id, "scene", scene_type="indoor", scene_confidence=0.7),
+    ]
+    for partial in partials[:-1]:
+        assert aggregator.apply_partial(partial) is None
+    completed = aggregator.apply_partial(partials[-1])
+    assert completed is not None and completed["status"] == "completed"
+    assert completed["insights"]["brightness"] == 200.0 and completed["insights"]["scene_type"] == "indoor"
+    # Replays of every partial, even with different content, change nothing and emit nothing.
+    for partial in partials:
+        assert aggregator.apply_partial(partial) is None
+    assert aggregator.apply_partial(ok(image_id, "colors", brightness=1.0)) is None
+    with aggregator.sessions() as session:
+        count = session.scalar(select(func.count()).where(AnalysisResult.image_id == image_id))
+        assert count == 5
+        assert session.get(Image, image_id).insights["brightness"] == 200.0
+    assert aggregator.cache.get(image_id)["status"] == "completed"
+    assert len(completed_events(kafka_bootstrap, image_id)) == 1
+
+
+def test_an_analyzer_error_leaves_its_fields_null_and_keeps_the_reason(aggregator: Aggregator) -> None:
+    image_id = new_image(aggregator)
+    for analyzer in ANALYZERS[:-1]:
+        aggregator.apply_partial(ok(image_id, analyzer))
+    completed = aggregator.apply_partial(error(image_id, "scene", "ValueError: scene model exploded"))
+    assert completed is not None and completed["status"] == "completed"
+    assert completed["insights"]["scene_type"] is None and completed["insights"]["scene_confidence"] is None
+    assert completed["analyzers"]["scene"] == completed["analyzers"]["scene"] | {
+        "status": "error",
+        "error": "ValueError: scene model exploded",
+    }
+
+
+def test_every_analyzer_failing_fails_the_image_with_reasons(aggregator: Aggregator) -> None:
+    image_id = new_image(aggregator)
+    result = None
+    for analyzer in ANALYZERS:
+        result = aggregator.apply_partial(
+            error(image_id, analyzer, f"the image could not be decoded ({analyzer})")
+        )
+    assert result is not None and result["status"] == "failed"
+    assert (
+        "every analyzer failed" in result["error"]
+        and "text: the image could not be decoded" in result["error"]
+    )
+    assert "insights" not in result
+
+
+def test_reconciler_re_emits_missing_analyzers_then_gives_up(aggregator: Aggregator, kafka_bootstrap) -> None:
+    image_id = new_image(aggregator)
+    aggregator.apply_partial(ok(image_id, "colors", brightness=3.0))
+    assert aggregator.reconcile() >= 1  # overdue at once (PEEK_RECONCILE_AFTER_S=0): re-emitted
+    reemitted = completed_events(kafka_bootstrap, image_id, topic="image.uploaded")
+    assert reemitted and reemitted[-1]["expected_analyzers"] == ["quality", "faces", "text", "scene"]
+    assert reemitted[-1]["attempt"] == 1
+    aggregator.reconcile()  # attempts exhausted (max 1): completes with what it has, and says why
+    with aggregator.sessions() as session:
+        image = session.get(Image, image_id)
+        assert image.status == "completed" and image.insights["brightness"] == 3.0
+        assert "quality, faces, text, scene did not report" in image.error
