@@ -50,6 +50,10 @@ def analyze(image: np.ndarray) -> dict:
 
 
 def _score(value: float, threshold_and_scale: tuple[float, float]) -> float:
-    """Log-odds evidence from how far a cue is past its threshold, clipped to ±6."""
+    """Log-odds evidence from how far a cue is past its threshold, clipped to [-1.5, 6].
+
+    A missing cue is weak evidence (sky is often out of frame outdoors), so negative evidence is
+    capped: an image with no cue at all is "indoor" with a probability of about 0.7, not 0.99.
+    """
     threshold, scale = threshold_and_scale
-    return float(np.clip((value - threshold) / scale, -6.0, 6.0))
+    return float(np.clip((value - threshold) / scale, -1.5, 6.0))
