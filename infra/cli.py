@@ -24,6 +24,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     from ingest_api.app import create_app
 
+    _require_broker(get_settings())
     uvicorn.run(
         create_app(get_settings()),
         host=args.host,
@@ -76,8 +77,12 @@ def cmd_sink(_args: argparse.Namespace) -> int:
 
 
 def _require_broker(settings: Settings) -> None:
+    """Exit with a clear message without a broker; otherwise make sure Peek's topics exist."""
     if not settings.kafka_bootstrap_servers:
         sys.exit("peek: KAFKA_BOOTSTRAP_SERVERS is not set (or use `peek up`, which starts a broker)")
+    from infra.kafka import ensure_topics
+
+    ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
