@@ -58,15 +58,60 @@ class AnalysisPartial(Event):
     produced_at: datetime = Field(default_factory=utc_now)
 
 
+class FaceBox(BaseModel):
+    """A face's bounding box in original-image pixels."""
+
+    model_config = ConfigDict(extra="allow")
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+class Insights(BaseModel):
+    """The merged insight record; a field is null when its analyzer failed. Analyzers may add
+    fields (e.g. ``text_regions``, ``color_shares``); subscribers should ignore unknown ones."""
+
+    model_config = ConfigDict(extra="allow")
+
+    dominant_colors: list[str] | None = Field(None, description="Hex colours '#rrggbb', most common first")
+    brightness: float | None = Field(None, description="Mean luma, 0-255")
+    faces_detected: int | None = None
+    face_locations: list[FaceBox] | None = None
+    text_found: bool | None = None
+    extracted_text: str | None = None
+    word_count: int | None = None
+    sharpness_score: float | None = None
+    blur_level: str | None = Field(None, description="low, medium or high")
+    contrast_score: float | None = None
+    quality_score: float | None = Field(None, description="Overall quality, 0-100")
+    scene_type: str | None = None
+    scene_confidence: float | None = Field(None, description="0-1")
+
+
+class AnalyzerReport(BaseModel):
+    """How one analyzer fared on the image."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ok", "error"]
+    version: str
+    elapsed_ms: float
+    error: str | None = None
+
+
 class AnalysisCompleted(Event):
     """The full result of an image, exactly as ``GET /api/results/:id`` returns it
     (topic ``image.analysis.completed``)."""
 
-    id: int
+    id: int = Field(description="Image id, as in the REST API")
     status: Literal["completed", "failed"]
-    insights: dict[str, Any] | None = None
-    error: str | None = None
-    analyzers: dict[str, dict[str, Any]] = Field(
+    insights: Insights | None = Field(None, description="Present when status is completed")
+    error: str | None = Field(
+        None, description="Why the image failed, or why some analyzers gave up on a completed one"
+    )
+    analyzers: dict[str, AnalyzerReport] = Field(
         default_factory=dict, description="Per-analyzer status, version, elapsed ms and error"
     )
     created_at: datetime | None = None

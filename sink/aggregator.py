@@ -7,13 +7,15 @@ Plain synchronous functions over a database session, a producer and storage; the
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.cache import ResultCache
+from infra.cloudevents import SOURCE_SINK, ce_headers
 from infra.kafka import EventProducer
 from infra.settings import Settings
 from infra.storage import Storage
@@ -36,6 +38,9 @@ from sink.store import (
 
 log = logging.getLogger(__name__)
 
+# Called with (result view, callback_url) once a completing transaction has committed.
+CompletionHook = Callable[[dict[str, Any], str | None], None]
+
 
 @dataclass
 class Aggregator:
@@ -44,6 +49,17 @@ class Aggregator:
     producer: EventProducer
     cache: ResultCache
     storage: Storage
+    on_completed: list[CompletionHook] = field(default_factory=list)
+
+    def _announce(self, completed: list[tuple[dict[str, Any], str | None]]) -> None:
+        """Tell the hooks (long-poll notices, webhooks) about committed completions; a failing hook
+        never undoes or repeats the completion."""
+        for view, callback_url in completed:
+            for hook in self.on_completed:
+                try:
+                    hook(view, callback_url)
+                except Exception as exc:
+                    log.warning("completion hook failed for image %s: %s", view.get("id"), exc)
 
     def apply_partial(self, partial: AnalysisPartial) -> dict[str, Any] | None:
         """Record a partial; when it is the last one expected, complete the image.
@@ -66,7 +82,10 @@ class Aggregator:
                 touch(session, image.id)
                 return None
             finish_image(session, image, results)
-            return self._publish(session, image, results)
+            view = self._publish(session, image, results)
+            callback_url = image.callback_url
+        self._announce([(view, callback_url)])
+        return view
 
     def _publish(self, session: Session, image: Image, results: dict[str, AnalysisResult]) -> dict[str, Any]:
         """Annotate, emit ``image.analysis.completed`` and cache, inside the completing transaction:
@@ -74,7 +93,15 @@ class Aggregator:
         self._annotate(image)
         view = result_view(image, results, public_url(self.settings, image.id, image.storage_key))
         completed = AnalysisCompleted.model_validate(view)
-        self.producer.send_sync(ANALYSIS_COMPLETED, str(image.id), completed.to_bytes())
+        # One completion per image, so a stable id lets subscribers drop re-sent copies.
+        headers = ce_headers(
+            ANALYSIS_COMPLETED,
+            SOURCE_SINK,
+            str(image.id),
+            event_id=f"{image.id}.completed",
+            time=image.completed_at,
+        )
+        self.producer.send_sync(ANALYSIS_COMPLETED, str(image.id), completed.to_bytes(), headers)
         session.flush()
         self.cache.set(image.id, view, self.settings.result_cache_ttl_s)
         return view
@@ -114,6 +141,7 @@ class Aggregator:
     def reconcile(self) -> int:
         """Re-emit overdue images' missing analyzers; give up after the configured attempts."""
         handled = 0
+        completed: list[tuple[dict[str, Any], str | None]] = []
         with self.sessions.begin() as session:
             for image in overdue_images(session, self.settings.reconcile_after_s):
                 locked = session.scalars(
@@ -126,7 +154,7 @@ class Aggregator:
                 missing = missing_analyzers(image, results)
                 if not missing:
                     finish_image(session, image, results)
-                    self._publish(session, image, results)
+                    completed.append((self._publish(session, image, results), image.callback_url))
                 elif image.emit_attempts >= self.settings.reconcile_max_attempts:
                     fail_image(
                         session,
@@ -134,9 +162,11 @@ class Aggregator:
                         f"analysis timed out: {', '.join(missing)} did not report after "
                         f"{image.emit_attempts} attempts",
                     )
-                    self._publish(session, image, results_of(session, image.id))
+                    view = self._publish(session, image, results_of(session, image.id))
+                    completed.append((view, image.callback_url))
                 else:
                     self._reemit(session, image, attempt=image.emit_attempts + 1)
+        self._announce(completed)
         return handled
 
     def _reemit(self, session: Session, image: Image, attempt: int) -> None:
@@ -144,6 +174,9 @@ class Aggregator:
         if not missing:
             return
         event = uploaded_event(image, analyzers=missing, attempt=attempt)
-        self.producer.send_sync(IMAGE_UPLOADED, str(image.id), event.to_bytes())
+        headers = ce_headers(
+            IMAGE_UPLOADED, SOURCE_SINK, str(image.id), event_id=f"{image.id}.uploaded.{attempt}"
+        )
+        self.producer.send_sync(IMAGE_UPLOADED, str(image.id), event.to_bytes(), headers)
         touch(session, image.id, attempts_delta=1)
         log.info("re-emitted image %s for %s (attempt %s)", image.id, ",".join(missing), attempt)

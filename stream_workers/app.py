@@ -10,6 +10,7 @@ import logging
 
 import faust
 
+from infra.cloudevents import analyzer_source, ce_headers
 from infra.faust_app import dead_letter, make_app, send_delivered
 from infra.settings import Settings
 from infra.storage import build_storage
@@ -30,6 +31,8 @@ def build_worker_app(analyzer_name: str, settings: Settings) -> faust.App:
         timeout_s=settings.analyzer_timeout_s,
     )
 
+    source = analyzer_source(analyzer_name)
+
     @app.agent(uploaded, concurrency=settings.worker_concurrency)
     async def analyze(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
@@ -41,6 +44,7 @@ def build_worker_app(analyzer_name: str, settings: Settings) -> faust.App:
             except PoisonEvent as exc:
                 await dead_letter(app, event, str(exc))
                 continue
-            await send_delivered(partials, str(partial.image_id), partial.to_bytes())
+            headers = ce_headers(ANALYSIS_PARTIAL, source, str(partial.image_id), time=partial.produced_at)
+            await send_delivered(partials, str(partial.image_id), partial.to_bytes(), headers)
 
     return app

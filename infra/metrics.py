@@ -1,0 +1,114 @@
+"""Prometheus metrics shared by Peek's processes: pipeline metrics, consumer lag, the worker endpoint.
+
+The API serves its registry on ``GET /metrics``; workers and the sink run Faust without a web
+server, so they expose theirs with prometheus_client's own HTTP server on ``PEEK_METRICS_PORT``
+(``peek up`` gives every process its own port).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+
+from schemas.topics import ANALYSIS_PARTIAL, IMAGE_UPLOADED
+
+log = logging.getLogger(__name__)
+
+ANALYZER_SECONDS = Histogram(
+    "peek_analyzer_duration_seconds",
+    "Time one analyzer spent on one image (fetch, decode and analysis)",
+    ["analyzer", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+IMAGES_FINISHED = Counter("peek_images_finished_total", "Images the sink made final", ["status"])
+WEBHOOK_DELIVERIES = Counter(
+    "peek_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome (delivered, retry, gave_up)",
+    ["outcome"],
+)
+
+
+def serve_metrics(port: int, process_name: str) -> int | None:
+    """Expose this process's registry on ``port`` (0 = off); returns the port, None when off."""
+    if port <= 0:
+        return None
+    start_http_server(port, addr="0.0.0.0")
+    log.info("%s metrics on port %s (/metrics)", process_name, port)
+    return port
+
+
+def consumer_groups(analyzer_names: Iterable[str]) -> dict[str, str]:
+    """Peek's consumer groups and the topic each consumes."""
+    groups = {f"peek-{name}": IMAGE_UPLOADED for name in analyzer_names}
+    groups["peek-sink"] = ANALYSIS_PARTIAL
+    return groups
+
+
+def measure_lag(bootstrap: str, groups: dict[str, str], timeout_s: float = 3.0) -> dict[str, int]:
+    """Messages not yet committed by each group: high watermark minus committed offset, summed over
+    the topic's partitions (a partition the group never committed counts from its low watermark)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    lag: dict[str, int] = {}
+    for group, topic in groups.items():
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+        try:
+            metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            if metadata is None or metadata.error is not None:
+                continue
+            partitions = [TopicPartition(topic, number) for number in sorted(metadata.partitions)]
+            committed = consumer.committed(partitions, timeout=timeout_s)
+            total = 0
+            for position in committed:
+                low, high = consumer.get_watermark_offsets(position, timeout=timeout_s, cached=False)
+                start = position.offset if position.offset >= 0 else low
+                total += max(0, high - start)
+            lag[group] = total
+        except Exception as exc:  # the broker away: report no number rather than a wrong one
+            log.warning("could not measure lag of %s: %s", group, exc)
+        finally:
+            consumer.close()
+    return lag
+
+
+class ConsumerLagCollector(Collector):
+    """``peek_consumer_lag{group,topic}``, measured at most every ``max_age_s`` seconds."""
+
+    def __init__(self, bootstrap: str, groups: dict[str, str], max_age_s: float = 10.0) -> None:
+        self.bootstrap = bootstrap
+        self.groups = groups
+        self.max_age_s = max_age_s
+        self._measured_at = 0.0
+        self._lag: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            if time.monotonic() - self._measured_at > self.max_age_s:
+                self._lag = measure_lag(self.bootstrap, self.groups)
+                self._measured_at = time.monotonic()
+            lag = dict(self._lag)
+        family = GaugeMetricFamily(
+            "peek_consumer_lag", "Messages not yet processed by a consumer group", labels=["group", "topic"]
+        )
+        for group, value in sorted(lag.items()):
+            family.add_metric([group, self.groups[group]], value)
+        yield family
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+def register_lag_collector(bootstrap: str, analyzer_names: Iterable[str]) -> ConsumerLagCollector | None:
+    """Export consumer lag from this process; None when there is no broker configured."""
+    if not bootstrap:
+        return None
+    collector = ConsumerLagCollector(bootstrap, consumer_groups(analyzer_names))
+    REGISTRY.register(collector)
+    return collector
