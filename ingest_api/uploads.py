@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from infra.kafka import DeliveryError
 from infra.storage import StorageError
 from infra.urls import public_url
+from ingest_api.auth import current_owner_id
 from ingest_api.errors import ApiError
 from ingest_api.services import Services
 from schemas.topics import IMAGE_UPLOADED
@@ -86,8 +87,14 @@ def _storage_key(info: ImageInfo) -> str:
 
 def _seen(session: Session, sha256: str) -> Image | None:
     """The newest image with these bytes whose analysis did not fail (a failed one is retried)."""
+    # Only the same key's images count: another client's upload must not hand out its id.
+    owner = current_owner_id()
+    same_owner = Image.owner_key_id.is_(None) if owner is None else Image.owner_key_id == owner
     return session.scalars(
-        select(Image).where(Image.sha256 == sha256, Image.status != FAILED).order_by(Image.id.desc()).limit(1)
+        select(Image)
+        .where(Image.sha256 == sha256, Image.status != FAILED, same_owner)
+        .order_by(Image.id.desc())
+        .limit(1)
     ).first()
 
 
@@ -173,6 +180,7 @@ async def accept_upload(
         height=info.height,
         sha256=sha256,
         expected_analyzers=settings.analyzer_names,
+        owner_key_id=current_owner_id(),
     )
     try:
         stored = await run_in_threadpool(_insert_row, services, row, not reanalyze)
