@@ -8,8 +8,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from infra.settings import ALL_ANALYZERS, Settings, get_settings
+
+if TYPE_CHECKING:
+    import faust
 
 
 def _log_setup(level: str) -> None:
@@ -37,7 +41,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_faust(app: object) -> int:
+def _run_faust(app: faust.App) -> int:
     import faust
 
     worker = faust.Worker(app, loglevel=os.environ.get("PEEK_FAUST_LOG_LEVEL", "warning"), quiet=True)

@@ -57,7 +57,7 @@ def broker_reachable(bootstrap: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
-def _encode_headers(headers: Headers | None) -> list[tuple[str, bytes]] | None:
+def _encode_headers(headers: Headers | None) -> list[tuple[str, str | bytes | None]] | None:
     if not headers:
         return None
     return [(k, v.encode() if isinstance(v, str) else v) for k, v in headers.items()]
