@@ -28,6 +28,8 @@ run: install
 
 test: install-test
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy schemas ingest_api stream_workers sink infra
 	$(BIN)/pytest -q
 
 lint: install-test
