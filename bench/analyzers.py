@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     samples = load_corpus()
     subset = None
     if args.quick:
-        subset = {s.name for s in samples if s.text} | {s.name for s in samples[::6]}
+        subset = {s.name for s in samples if s.text} | {s.name for s in samples[::12]}
     print(
         f"# Peek analyzers vs the earlier methods on {len(samples)} corpus images"
         + (" (quick: baseline K-means and OCR on a subset)" if args.quick else "")
