@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(600, validation_alias=AliasChoices("PEEK_RATE_LIMIT_PER_MINUTE"))
     # How long an upload waits for the broker's acknowledgement before answering 503.
     produce_timeout_s: float = Field(10.0, validation_alias=AliasChoices("PEEK_PRODUCE_TIMEOUT_S"))
+    # Slow senders (slowloris) get a 408 when their body has not arrived by then.
+    request_body_timeout_s: float = Field(60.0, validation_alias=AliasChoices("PEEK_REQUEST_BODY_TIMEOUT_S"))
     public_api_url: str = Field("", validation_alias=AliasChoices("PEEK_PUBLIC_API_URL"))
 
     # Pipeline shape and tuning.

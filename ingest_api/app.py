@@ -11,6 +11,7 @@ from infra.settings import Settings, get_settings
 from ingest_api.auth import ApiKeyMiddleware
 from ingest_api.cors import OriginPolicy, check_origins
 from ingest_api.errors import install_error_handlers
+from ingest_api.limits import BodyDeadlineMiddleware
 from ingest_api.routes import analyze, batch, health, images, ingest_bucket, results
 from ingest_api.services import Services
 
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Peek", version="1.0", lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(BodyDeadlineMiddleware, timeout_s=settings.request_body_timeout_s)
     # API keys inside CORS, so that a browser can read a 401 or 429.
     app.add_middleware(ApiKeyMiddleware)
     if settings.cors_origins:

@@ -9,6 +9,8 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException
 
 from ingest_api.errors import ApiError
+from ingest_api.limits import BodyTimeout
+from ingest_api.screening import check_declared_type
 
 MAX_FIELDS = 32
 
@@ -39,6 +41,10 @@ async def read_form(request: Request, max_files: int, field: str = "image") -> F
         raise ApiError(400, f"send the image as multipart/form-data in the field '{field}'")
     try:
         return await request.form(max_files=max_files, max_fields=MAX_FIELDS)
+    except BodyTimeout:
+        raise ApiError(
+            408, "the request body arrived too slowly; send it again on a faster connection"
+        ) from None
     except MultiPartException as exc:
         raise ApiError(400, f"malformed multipart body: {exc.message}") from None
     except Exception:
@@ -54,4 +60,6 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
         if size > max_bytes:
             raise ApiError(413, f"the file is larger than the {max_bytes // (1024 * 1024)} MB limit")
         chunks.append(chunk)
-    return b"".join(chunks)
+    data = b"".join(chunks)
+    check_declared_type(upload.content_type, data)
+    return data

@@ -25,6 +25,7 @@ from infra.storage import StorageError
 from infra.urls import public_url
 from ingest_api.auth import current_owner_id
 from ingest_api.errors import ApiError
+from ingest_api.screening import check_filename, check_not_polyglot
 from ingest_api.services import Services
 from schemas.topics import IMAGE_UPLOADED
 from sink.models import FAILED, Image
@@ -75,9 +76,11 @@ def validate_image(data: bytes, filename: str | None, max_bytes: int, max_pixels
             allowed = ", ".join(sorted(ALLOWED_EXTENSIONS))
             raise ApiError(400, f"file type .{extension} is not allowed; send one of: {allowed}")
     try:
-        return probe_image(data, max_pixels=max_pixels)
+        info = probe_image(data, max_pixels=max_pixels)
     except DecodeError as exc:
         raise ApiError(400, f"not a usable image: {exc}") from None
+    check_not_polyglot(data, info.format)
+    return info
 
 
 def _storage_key(info: ImageInfo) -> str:
@@ -148,7 +151,7 @@ async def accept_upload(
     """
     store = store or services.storage.put
     settings = services.settings
-    filename = sanitise_filename(filename)
+    filename = sanitise_filename(check_filename(filename))
     info = await run_in_threadpool(
         validate_image, data, filename, settings.max_file_size, settings.max_image_pixels
     )

@@ -1,0 +1,37 @@
+"""A deadline on receiving a request body, so slow senders cannot hold a request open for ever."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class BodyTimeout(Exception):
+    """The client did not finish sending its body within the deadline."""
+
+
+class BodyDeadlineMiddleware:
+    """The whole body must arrive within ``timeout_s`` of the request's start."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.timeout_s <= 0:
+            await self.app(scope, receive, send)
+            return
+        deadline = time.monotonic() + self.timeout_s
+
+        async def receive_before_deadline() -> Message:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BodyTimeout
+            try:
+                return await asyncio.wait_for(receive(), remaining)
+            except TimeoutError:
+                raise BodyTimeout from None
+
+        await self.app(scope, receive_before_deadline, send)
