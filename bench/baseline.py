@@ -14,7 +14,8 @@ import numpy as np
 import pytesseract
 from sklearn.cluster import KMeans
 
-_CASCADE = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml"))
+_HAAR_FOLDER = cv2.data.haarcascades  # type: ignore[attr-defined]  # missing from the stubs
+_CASCADE = cv2.CascadeClassifier(os.path.join(_HAAR_FOLDER, "haarcascade_frontalface_default.xml"))
 
 
 def decode(data: bytes) -> np.ndarray:

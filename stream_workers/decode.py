@@ -58,8 +58,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise DecodeError("the image has no pixels")
     if width * height > max_pixels:
         raise DecodeError(
-            f"the image is {width}×{height} = {width * height:,} pixels, "
-            f"more than the {max_pixels:,} allowed"
+            f"the image is {width}×{height} = {width * height:,} pixels, more than the {max_pixels:,} allowed"
         )
     return image
 

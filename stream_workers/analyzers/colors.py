@@ -22,12 +22,15 @@ def analyze(image: np.ndarray) -> dict:
     distinct = np.unique(thumbnail.reshape(-1, 3), axis=0)
     clusters = min(_CLUSTERS, len(distinct))
     if clusters == len(distinct):
-        centers = distinct.astype(np.float32)
+        centers: np.ndarray = distinct.astype(np.float32)
         labels = np.argmin(((pixels[:, None, :] - centers[None]) ** 2).sum(axis=2), axis=1)
     else:
         criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 50, 0.5)
         cv2.setRNGSeed(0)
-        _, labels, centers = cv2.kmeans(pixels, clusters, None, criteria, _ATTEMPTS, cv2.KMEANS_PP_CENTERS)
+        initial_labels = np.zeros((len(pixels), 1), np.int32)
+        _, labels, centers = cv2.kmeans(
+            pixels, clusters, initial_labels, criteria, _ATTEMPTS, cv2.KMEANS_PP_CENTERS
+        )
         labels = labels.ravel()
     counts = np.bincount(labels, minlength=len(centers)).astype(np.float64)
     order = [index for index in np.argsort(-counts, kind="stable") if counts[index] > 0]

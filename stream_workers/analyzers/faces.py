@@ -28,7 +28,8 @@ def _cascade(name: str) -> cv2.CascadeClassifier:
     """This thread's copy of one of OpenCV's bundled cascades, loaded once."""
     cascades = _local.__dict__.setdefault("cascades", {})
     if name not in cascades:
-        path = os.path.join(cv2.data.haarcascades, f"haarcascade_{name}.xml")
+        folder = cv2.data.haarcascades  # type: ignore[attr-defined]  # missing from the stubs
+        path = os.path.join(folder, f"haarcascade_{name}.xml")
         cascade = cv2.CascadeClassifier(path)
         if cascade.empty():
             raise RuntimeError(f"cannot load the cascade {path}")
