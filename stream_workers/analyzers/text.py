@@ -157,7 +157,7 @@ def _read_line(
 
 
 def _read_page(luma: np.ndarray) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """OCR a document-like image as a page, turned upright first when OSD is confident."""
+    """OCR a document-like image as a page (automatic layout analysis)."""
     page, factor = shrink(luma, _PAGE_SIDE)
     words = _recognise(page, tesserocr.PSM.AUTO)
     return [
