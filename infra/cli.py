@@ -68,7 +68,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return _run_faust(build_worker_app(args.analyzers[0], settings))
     from infra.supervisor import ProcessSpec, Supervisor
 
-    specs = [ProcessSpec(f"worker-{name}", ["worker", "--analyzers", name]) for name in args.analyzers]
+    # One metrics port per process: PEEK_METRICS_PORT, PEEK_METRICS_PORT + 1, ...
+    specs = [
+        ProcessSpec(
+            f"worker-{name}",
+            ["worker", "--analyzers", name],
+            {"PEEK_METRICS_PORT": str(settings.metrics_port + index)} if settings.metrics_port else {},
+        )
+        for index, name in enumerate(args.analyzers)
+    ]
     return Supervisor(specs).run()
 
 

@@ -105,10 +105,16 @@ class ConsumerLagCollector(Collector):
         return iter(())
 
 
+_lag_collector: list[ConsumerLagCollector] = []
+
+
 def register_lag_collector(bootstrap: str, analyzer_names: Iterable[str]) -> ConsumerLagCollector | None:
-    """Export consumer lag from this process; None when there is no broker configured."""
+    """Export consumer lag from this process (replacing an earlier collector); None without a broker."""
+    while _lag_collector:
+        REGISTRY.unregister(_lag_collector.pop())
     if not bootstrap:
         return None
     collector = ConsumerLagCollector(bootstrap, consumer_groups(analyzer_names))
     REGISTRY.register(collector)
+    _lag_collector.append(collector)
     return collector

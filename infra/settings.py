@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     bucket_page_size: int = Field(200, validation_alias=AliasChoices("PEEK_BUCKET_PAGE_SIZE"))
     result_cache_ttl_s: int = Field(7 * 24 * 3600, validation_alias=AliasChoices("PEEK_RESULT_CACHE_TTL_S"))
 
+    # Prometheus endpoint of a worker or sink process (the API serves /metrics on its own port);
+    # 0 = off. `peek up` gives every process its own port.
+    metrics_port: int = Field(0, validation_alias=AliasChoices("PEEK_METRICS_PORT"))
+
+    # Per-upload webhooks (the `callback_url` form field): HMAC-SHA256 key of the signature header,
+    # time limit per attempt, attempts, and the first pause between attempts (doubling after).
+    webhook_secret: str = Field("", validation_alias=AliasChoices("PEEK_WEBHOOK_SECRET"))
+    webhook_timeout_s: float = Field(5.0, validation_alias=AliasChoices("PEEK_WEBHOOK_TIMEOUT_S"))
+    webhook_max_attempts: int = Field(5, validation_alias=AliasChoices("PEEK_WEBHOOK_MAX_ATTEMPTS"))
+    webhook_backoff_s: float = Field(1.0, validation_alias=AliasChoices("PEEK_WEBHOOK_BACKOFF_S"))
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

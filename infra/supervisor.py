@@ -105,6 +105,17 @@ def _wait_healthy(url: str, timeout_s: float) -> bool:
     return False
 
 
+def assign_metrics_ports(specs: list[ProcessSpec], first_port: int) -> None:
+    """Give each worker and the sink its own Prometheus port: ``first_port``, ``first_port + 1``, ...
+    when PEEK_METRICS_PORT is set, free ports otherwise (the API serves /metrics on its own port)."""
+    from infra.broker import free_port
+
+    for index, spec in enumerate(specs):
+        port = first_port + index if first_port > 0 else free_port()
+        spec.env = {**spec.env, "PEEK_METRICS_PORT": str(port)}
+        log.info("%s metrics on http://127.0.0.1:%s/metrics", spec.name, port)
+
+
 def run_everything(host: str, port: int, data_dir: Path | None) -> int:
     """``peek up``: the API, one worker per analyzer and the sink, with embedded defaults."""
     from infra.broker import EmbeddedBroker
@@ -134,6 +145,7 @@ def run_everything(host: str, port: int, data_dir: Path | None) -> int:
         for name in settings.analyzer_names
     ]
     specs.append(ProcessSpec("sink", ["sink"], env))
+    assign_metrics_ports(specs[1:], settings.metrics_port)
     supervisor = Supervisor(specs, log_dir=settings.data_dir / "logs")
     supervisor.start_all()
     try:

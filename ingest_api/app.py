@@ -7,12 +7,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from infra.metrics import register_lag_collector
 from infra.settings import Settings, get_settings
 from ingest_api.auth import ApiKeyMiddleware
 from ingest_api.cors import OriginPolicy, check_origins
 from ingest_api.errors import install_error_handlers
 from ingest_api.limits import BodyDeadlineMiddleware
-from ingest_api.routes import analyze, batch, health, images, ingest_bucket, results
+from ingest_api.metrics import MetricsMiddleware
+from ingest_api.result_reads import ResultReads
+from ingest_api.routes import analyze, batch, contract, health, images, ingest_bucket, metrics, results
 from ingest_api.services import Services
 
 
@@ -23,9 +26,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings)
         app.state.services = services
+        app.state.result_reads = reads = ResultReads(services)
+        reads.completions.start()
+        register_lag_collector(settings.kafka_bootstrap_servers, settings.analyzer_names)
         try:
             yield
         finally:
+            await reads.completions.stop()
             access = getattr(app.state, "access", None)
             if access is not None:
                 await access.limiter.close()
@@ -39,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         check_origins(settings)
         app.add_middleware(OriginPolicy, settings=settings)
-    for module in (health, analyze, batch, ingest_bucket, results, images):
+    app.add_middleware(MetricsMiddleware)
+    for module in (health, analyze, batch, ingest_bucket, results, images, contract, metrics):
         app.include_router(module.router)
     return app

@@ -20,6 +20,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from infra.cloudevents import SOURCE_API, ce_headers
 from infra.kafka import DeliveryError
 from infra.storage import StorageError
 from infra.urls import public_url
@@ -142,6 +143,7 @@ async def accept_upload(
     *,
     reanalyze: bool = False,
     store: Callable[[str, bytes, str], None] | None = None,
+    callback_url: str | None = None,
 ) -> Accepted:
     """Validate, store, record and emit one image; returns once the event is delivered.
 
@@ -184,6 +186,7 @@ async def accept_upload(
         sha256=sha256,
         expected_analyzers=settings.analyzer_names,
         owner_key_id=current_owner_id(),
+        callback_url=callback_url,
     )
     try:
         stored = await run_in_threadpool(_insert_row, services, row, not reanalyze)
@@ -199,7 +202,8 @@ async def accept_upload(
     image_id = row.id
     event = uploaded_event(row)
     try:
-        await services.producer.send(IMAGE_UPLOADED, str(image_id), event.to_bytes())
+        headers = ce_headers(IMAGE_UPLOADED, SOURCE_API, str(image_id), time=event.uploaded_at)
+        await services.producer.send(IMAGE_UPLOADED, str(image_id), event.to_bytes(), headers)
     except DeliveryError as exc:
         log.error("could not emit image.uploaded for %s: %s", image_id, exc)
         await run_in_threadpool(_delete_row, services, image_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 SCHEMA_VERSION = 1
 
@@ -117,6 +117,11 @@ class AnalysisCompleted(Event):
     created_at: datetime | None = None
     completed_at: datetime | None = None
     public_url: str | None = None
+
+    @field_serializer("created_at", "completed_at")
+    def _iso(self, moment: datetime | None) -> str | None:
+        """Written as the REST API writes it (``+00:00``), so the event equals the REST body."""
+        return moment.isoformat() if moment else None
 
 
 EVENT_MODELS: dict[str, type[Event]] = {

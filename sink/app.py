@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import faust
 
 from infra.cache import build_cache
+from infra.completions import CompletionPublisher
 from infra.faust_app import dead_letter, make_app
 from infra.kafka import EventProducer
+from infra.metrics import IMAGES_FINISHED, serve_metrics
 from infra.settings import Settings
 from infra.storage import build_storage
 from schemas.events import SCHEMA_VERSION, AnalysisPartial
 from schemas.topics import ANALYSIS_PARTIAL
 from sink.aggregator import Aggregator
 from sink.db import make_engine, make_sessionmaker, migrate
+from sink.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +50,28 @@ def build_sink_app(settings: Settings) -> faust.App:
         cache=build_cache(settings.redis_url),
         storage=build_storage(settings),
     )
+    serve_metrics(settings.metrics_port, "sink")
+    publisher = CompletionPublisher(settings.redis_url)
+    webhooks = WebhookSender(
+        settings.webhook_secret,
+        timeout_s=settings.webhook_timeout_s,
+        max_attempts=settings.webhook_max_attempts,
+        backoff_s=settings.webhook_backoff_s,
+    )
+    # Hooks run in the worker thread that completed the image; webhooks belong to the event loop.
+    event_loop: list[asyncio.AbstractEventLoop] = []
+
+    def announce(view: dict[str, Any], callback_url: str | None) -> None:
+        IMAGES_FINISHED.labels(view["status"]).inc()
+        publisher.publish(int(view["id"]))
+        if callback_url and event_loop:
+            event_loop[0].call_soon_threadsafe(webhooks.submit, callback_url, view)
+
+    aggregator.on_completed.append(announce)
 
     @app.agent(partials)
     async def merge(stream: faust.StreamT[bytes]) -> None:
+        event_loop[:] = [asyncio.get_running_loop()]
         async for event in stream.events():
             parsed = parse_partial(event.value)
             if isinstance(parsed, str):
@@ -70,6 +93,7 @@ def build_sink_app(settings: Settings) -> faust.App:
 
     @app.timer(interval=settings.reconcile_interval_s)
     async def reconcile() -> None:
+        event_loop[:] = [asyncio.get_running_loop()]
         try:
             handled = await asyncio.to_thread(aggregator.reconcile)
             if handled:

@@ -12,6 +12,7 @@ import faust
 
 from infra.cloudevents import analyzer_source, ce_headers
 from infra.faust_app import dead_letter, make_app, send_delivered
+from infra.metrics import ANALYZER_SECONDS, serve_metrics
 from infra.settings import Settings
 from infra.storage import build_storage
 from schemas.topics import ANALYSIS_PARTIAL, IMAGE_UPLOADED
@@ -32,6 +33,7 @@ def build_worker_app(analyzer_name: str, settings: Settings) -> faust.App:
     )
 
     source = analyzer_source(analyzer_name)
+    serve_metrics(settings.metrics_port, f"worker-{analyzer_name}")
 
     @app.agent(uploaded, concurrency=settings.worker_concurrency)
     async def analyze(stream: faust.StreamT[bytes]) -> None:
@@ -44,6 +46,7 @@ def build_worker_app(analyzer_name: str, settings: Settings) -> faust.App:
             except PoisonEvent as exc:
                 await dead_letter(app, event, str(exc))
                 continue
+            ANALYZER_SECONDS.labels(analyzer_name, partial.status).observe(partial.elapsed_ms / 1000)
             headers = ce_headers(ANALYSIS_PARTIAL, source, str(partial.image_id), time=partial.produced_at)
             await send_delivered(partials, str(partial.image_id), partial.to_bytes(), headers)
 

@@ -17,6 +17,7 @@ os.environ.setdefault("OMP_THREAD_LIMIT", "1")
 
 ANALYZERS = ["colors", "quality", "faces", "text", "scene"]
 FINAL = ("completed", "failed")
+WEBHOOK_SECRET = "peek-test-webhook-secret"
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +81,10 @@ def service_env(
         "PEEK_RECONCILE_INTERVAL_S": "2",
         "PEEK_TOPIC_PARTITIONS": "4",
         "OMP_THREAD_LIMIT": "1",
+        # Webhooks: signed with a known secret; short timeouts and pauses keep retry tests quick.
+        "PEEK_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "PEEK_WEBHOOK_TIMEOUT_S": "2",
+        "PEEK_WEBHOOK_BACKOFF_S": "0.5",
     }
 
 

@@ -12,6 +12,7 @@ from ingest_api.errors import ApiError
 from ingest_api.forms import multipart_body, read_form, read_upload
 from ingest_api.services import ServicesDep
 from ingest_api.uploads import accept_upload
+from sink.webhooks import callback_url_problem
 
 router = APIRouter()
 
@@ -23,7 +24,7 @@ async def analyze(
     """Store the image and queue it for every analyzer; 202 with its id.
 
     Bytes already seen answer with the earlier image's id (``"duplicate": true``) unless
-    ``?reanalyze=true``."""
+    ``?reanalyze=true``. An optional ``callback_url`` field gets the result POSTed on completion."""
     form = await read_form(request, max_files=4)
     try:
         upload = form.get("image")
@@ -31,8 +32,21 @@ async def analyze(
             raise ApiError(400, "no file sent: put the image in the multipart field 'image'")
         if not isinstance(upload, UploadFile):
             raise ApiError(400, "the field 'image' must be a file, not text")
+        callback_url = form.get("callback_url")
+        if callback_url is not None:
+            if not isinstance(callback_url, str):
+                raise ApiError(400, "the field 'callback_url' must be text, not a file")
+            problem = callback_url_problem(callback_url.strip())
+            if problem:
+                raise ApiError(400, problem)
         data = await read_upload(upload, services.settings.max_file_size)
-        accepted = await accept_upload(services, data, upload.filename, reanalyze=reanalyze)
+        accepted = await accept_upload(
+            services,
+            data,
+            upload.filename,
+            reanalyze=reanalyze,
+            callback_url=callback_url.strip() if callback_url else None,
+        )
     finally:
         await form.close()
     return JSONResponse(accepted.body(), status_code=202)

@@ -1,52 +1,55 @@
-"""GET /api/results/:id: the insight record, from the cache first, then the database."""
+"""GET /api/results/:id (optionally waiting), GET /api/results?ids=... and the filtered listing."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from infra.keys import KeyRecord
-from infra.urls import public_url
 from ingest_api.auth import may_read, request_key
 from ingest_api.errors import ApiError
+from ingest_api.result_reads import (
+    FINAL_MAX_AGE_S,
+    MAX_PAGE,
+    MAX_WAIT_S,
+    Encoded,
+    ListFilters,
+    ResultReads,
+    get_result_reads,
+    parse_ids,
+    validate_filters,
+)
 from ingest_api.services import Services, ServicesDep
-from sink.models import PROCESSING, Image
-from sink.store import result_view, results_of
+from sink.models import Image
 
 router = APIRouter()
 
-
-def load_result(services: Services, image_id: int) -> dict[str, Any] | None:
-    """The result body from the database; None when there is no such image."""
-    with services.sessions() as session:
-        image = session.get(Image, image_id)
-        if image is None:
-            return None
-        results = results_of(session, image_id)
-        return result_view(image, results, public_url(services.settings, image.id, image.storage_key))
+ResultReadsDep = Annotated[ResultReads, Depends(get_result_reads)]
+JSON = "application/json"
 
 
-async def find_result(services: Services, image_id: int) -> dict[str, Any]:
-    cached = services.cache.get(image_id)
-    if cached is not None:
-        return cached
-    result = await run_in_threadpool(load_result, services, image_id)
-    if result is None:
-        raise ApiError(404, f"no image with id {image_id}")
-    if result["status"] != PROCESSING:
-        # Final results never change, so they can be cached for long.
-        services.cache.set(image_id, result, services.settings.result_cache_ttl_s)
-    return result
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in candidates or etag in candidates
 
 
-def respond(result: dict[str, Any]) -> JSONResponse:
-    if result["status"] == PROCESSING:
-        return JSONResponse({"id": result["id"], "status": PROCESSING}, status_code=202)
-    return JSONResponse(result, status_code=200)
+def respond(result: Encoded, if_none_match: str | None = None, shared: bool = True) -> Response:
+    """202 for processing (never cached), 200 or 304 with an ETag for a final result."""
+    if result.etag is None:
+        return Response(result.body, result.status_code, {"Cache-Control": "no-store"}, media_type=JSON)
+    # Final results never change; a result read with an API key is not for shared caches.
+    scope = "public" if shared else "private"
+    headers = {"ETag": result.etag, "Cache-Control": f"{scope}, max-age={FINAL_MAX_AGE_S}, immutable"}
+    if _etag_matches(if_none_match, result.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(result.body, result.status_code, headers, media_type=JSON)
 
 
 def ensure_may_read(services: Services, key: KeyRecord, image_id: int) -> None:
@@ -57,10 +60,49 @@ def ensure_may_read(services: Services, key: KeyRecord, image_id: int) -> None:
         raise ApiError(404, f"no image with id {image_id}")
 
 
+@router.get("/api/results")
+async def list_results(
+    request: Request,
+    reads: ResultReadsDep,
+    ids: Annotated[str | None, Query(description="Comma-separated ids, at most 500")] = None,
+    status: Annotated[str | None, Query(description="processing, completed or failed")] = None,
+    scene_type: str | None = None,
+    has_faces: bool | None = None,
+    text_found: bool | None = None,
+    since: Annotated[datetime | None, Query(description="Uploaded at or after (ISO 8601)")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> Response:
+    """``?ids=1,2,3``: those results in that order (``not_found`` lists the others). Otherwise a
+    filtered listing, newest first, paged with ``cursor``."""
+    key = request_key(request)
+    owner = key.id if key is not None else None
+    if ids is not None:
+        if any(value is not None for value in (status, scene_type, has_faces, text_found, since, cursor)):
+            raise ApiError(400, "ids cannot be combined with listing filters or a cursor")
+        body = await reads.many(parse_ids(ids), owner)
+    else:
+        filters = validate_filters(
+            ListFilters(status, scene_type, has_faces, text_found, since, limit, cursor)
+        )
+        body = await run_in_threadpool(reads.listing, filters, owner)
+    return Response(body, 200, {"Cache-Control": "no-store"}, media_type=JSON)
+
+
 @router.get("/api/results/{image_id}")
-async def get_result(image_id: int, request: Request, services: ServicesDep) -> JSONResponse:
-    """202 while processing, 200 when completed or failed, 404 for an unknown id."""
+async def get_result(
+    image_id: int,
+    request: Request,
+    services: ServicesDep,
+    reads: ResultReadsDep,
+    wait: Annotated[
+        float | None, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for a final result")
+    ] = None,
+) -> Response:
+    """202 while processing, 200 when completed or failed (304 for a matching If-None-Match), 404
+    for an unknown id. With ``?wait=S`` the answer comes when the result is final, or after S s."""
     key = request_key(request)
     if key is not None:
         await run_in_threadpool(ensure_may_read, services, key, image_id)
-    return respond(await find_result(services, image_id))
+    result = await (reads.wait(image_id, wait) if wait else reads.one(image_id))
+    return respond(result, request.headers.get("if-none-match"), shared=key is None)

@@ -7,6 +7,7 @@ models (schema_version 1 as first released); they are never regenerated from the
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import jsonschema
@@ -35,6 +36,8 @@ def test_current_models_read_previous_events(path: Path) -> None:
 
 def _contains(written: object, original: object) -> bool:
     """Every field of ``original`` is in ``written`` with the same value (new fields may be added)."""
+    if isinstance(original, str) and isinstance(written, str) and _is_moment(original):
+        return datetime.fromisoformat(written) == datetime.fromisoformat(original)
     if isinstance(original, dict):
         return isinstance(written, dict) and all(
             key in written and _contains(written[key], value) for key, value in original.items()
@@ -57,3 +60,11 @@ def test_schema_changes_are_additive(topic: str) -> None:
     newly_required = set(current.get("required", [])) - set(previous.get("required", []))
     assert not newly_required, f"{topic}: new fields must be optional, not required: {newly_required}"
     assert current.get("additionalProperties", True) is not False, "subscribers' extra fields must pass"
+
+
+def _is_moment(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+        return "T" in text
+    except ValueError:
+        return False
