@@ -106,9 +106,7 @@ def test_outside_consumer_validates_every_event_against_the_published_schema(
     assert validated >= 7
 
 
-def test_the_example_subscriber_receives_completions(
-    client: httpx.Client, kafka_bootstrap: str
-) -> None:
+def test_the_example_subscriber_receives_completions(client: httpx.Client, kafka_bootstrap: str) -> None:
     image_id = upload(client)
     wait_final(client, image_id)
     process = subprocess.Popen(
