@@ -82,6 +82,8 @@ class Manifest:
                     self.cursors[record["source"]] = record.get("start_after")
         path.parent.mkdir(parents=True, exist_ok=True)
         self._handle: TextIO = path.open("a")
+        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            self._handle.write("\n")  # end the line a crash cut short, so the next record stands alone
 
     def done(self, item: LocalFile) -> bool:
         """True when this file, unchanged since, was accepted by an earlier run."""
