@@ -28,9 +28,16 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     from ingest_api.app import create_app
 
-    _require_broker(get_settings())
+    settings = get_settings()
+    _require_broker(settings)
+    # Several worker processes need the app as an import string; one process gets the object.
+    app: object = create_app(settings)
+    if settings.api_workers > 1:
+        app = "ingest_api.app:create_app"
     uvicorn.run(
-        create_app(get_settings()),
+        app,  # type: ignore[arg-type]
+        factory=settings.api_workers > 1,
+        workers=settings.api_workers,
         host=args.host,
         port=args.port,
         log_level=os.environ.get("PEEK_LOG_LEVEL", "info").lower(),

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     # Set by `peek up` when it runs the memory-only embedded broker: unfinished work is re-emitted
     # at start-up, because a restarted broker has forgotten it.
     broker_ephemeral: bool = Field(False, validation_alias=AliasChoices("PEEK_BROKER_EPHEMERAL"))
+    # Prefix of every Redis key and channel: lets several deployments (or test runs) share a Redis.
+    redis_namespace: str = Field("peek", validation_alias=AliasChoices("PEEK_REDIS_NAMESPACE"))
     kafka_bootstrap_servers: str = Field("", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS"))
 
     # Object storage: R2 (seed names), any S3 endpoint, or a local folder.
@@ -60,6 +62,7 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(10.0, validation_alias=AliasChoices("PEEK_RECONCILE_INTERVAL_S"))
     reconcile_after_s: float = Field(300.0, validation_alias=AliasChoices("PEEK_RECONCILE_AFTER_S"))
     reconcile_max_attempts: int = Field(3, validation_alias=AliasChoices("PEEK_RECONCILE_MAX_ATTEMPTS"))
+    api_workers: int = Field(1, validation_alias=AliasChoices("PEEK_API_WORKERS"))
     # Bulk ingestion: parts per batch request, parts of one request accepted at once, and objects
     # per page of a bucket ingestion.
     batch_max_files: int = Field(256, validation_alias=AliasChoices("PEEK_BATCH_MAX_FILES"))

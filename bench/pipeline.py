@@ -1,0 +1,229 @@
+"""End to end through ``peek up``: upload → completed, against the analyzers alone and the earlier API.
+
+Three rates from one run, on the same images (the corpus, re-encoded as JPEG, each copy made
+distinct with a JPEG comment so deduplication never short-cuts):
+
+1. the earlier Peek API's sequential method (bench/baseline.py) per image, times the cores, as a
+   perfectly parallel pool of it would get;
+2. Peek's analyzers alone: decode once and every analyzer, in a pool of one process per core;
+3. the whole pipeline: ``peek up`` on embedded defaults (embedded broker, SQLite, local storage),
+   images pushed through ``POST /api/analyze/batch``, the clock stopped when the database says
+   the last one is completed; for each ``--worker-processes`` setting given.
+
+Prints the pipeline's ratio to (1) (target ≥ 10×) and to (2) (target ≥ 0.85), and the peak
+memory of every process of ``peek up`` at each image count.
+
+    .venv/bin/python bench/pipeline.py [--quick] [--images 1000 10000] [--worker-processes 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bench import baseline  # noqa: E402
+from bench._corpus import load_corpus  # noqa: E402
+from bench._procs import tree_peaks  # noqa: E402
+from bench.ingest import push, variant  # noqa: E402
+from infra.broker import free_port  # noqa: E402
+
+CORES = os.cpu_count() or 1
+
+
+def corpus_jpegs() -> list[bytes]:
+    """Every corpus image as an RGB JPEG (quality 92), so each copy can carry a distinct comment."""
+    images = []
+    for sample in load_corpus():
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(sample.data)).convert("RGB").save(buffer, "JPEG", quality=92)
+        images.append(buffer.getvalue())
+    return images
+
+
+def baseline_seconds(images: list[bytes]) -> float:
+    """Wall seconds per image of the earlier sequential method, one image after another."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    started = time.perf_counter()
+    for data in images:
+        picture = baseline.decode(data)
+        for method in baseline.ANALYZERS.values():
+            method(picture)
+    return (time.perf_counter() - started) / len(images)
+
+
+def _analyze_one(data: bytes) -> None:
+    from stream_workers.analyzers import analyze_all
+    from stream_workers.decode import decode_image
+
+    analyze_all(decode_image(data))
+
+
+def _warm_pool() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    from stream_workers.analyzers import REGISTRY  # noqa: F401 - loads the models once
+
+
+def analyzers_alone_rate(images: list[bytes]) -> float:
+    """Images/s of decode + every analyzer in a pool of one process per core (no I/O, no Kafka)."""
+    with ProcessPoolExecutor(CORES, initializer=_warm_pool) as pool:
+        list(pool.map(_analyze_one, images[:CORES]))  # warm up
+        started = time.perf_counter()
+        list(pool.map(_analyze_one, images, chunksize=1))
+        return len(images) / (time.perf_counter() - started)
+
+
+class PeekUp:
+    """``peek up`` on a fresh data folder, as a process group."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        clean = {
+            k: v
+            for k, v in os.environ.items()
+            if k
+            not in (
+                "DATABASE_URL",
+                "REDIS_URL",
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "S3_ENDPOINT_URL",
+                "R2_BUCKET_NAME",
+                "R2_ACCOUNT_ID",
+                "UPLOAD_FOLDER",
+            )
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "up", "--port", str(self.port), "--data-dir", str(data_dir)],
+            env={**clean, "PEEK_LOG_LEVEL": "warning", **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/api/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise SystemExit(f"peek up did not come up; see {data_dir / 'logs'}")
+
+    def finished(self) -> tuple[int, int]:
+        """(final images, failed images) by the database."""
+        with sqlite3.connect(self.data_dir / "peek.db", timeout=30) as db:
+            final, failed = db.execute(
+                "SELECT count(*) FILTER (WHERE status != 'processing'), count(*) FILTER (WHERE status = 'failed')"
+                " FROM images"
+            ).fetchone()
+        return final, failed
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def warm_up(peek: PeekUp, images: list[bytes]) -> None:
+    """A few images through every worker first, so models are loaded and groups are assigned."""
+    asyncio.run(push(peek.url, [variant(data, -1 - i) for i, data in enumerate(images[:4])], 2, 4))
+    deadline = time.monotonic() + 300
+    while peek.finished()[0] < 4 and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def run_pipeline(
+    images: list[bytes], count: int, worker_processes: int, folder: Path
+) -> tuple[float, int, int, dict[int, tuple[str, float]]]:
+    """Seconds from first upload to last completed, images finished, failed, and peak memory."""
+    data_dir = folder / f"up-{count}-{worker_processes}"
+    peek = PeekUp(data_dir, {"PEEK_WORKER_PROCESSES": str(worker_processes)})
+    try:
+        warm_up(peek, images)
+        done_before = peek.finished()[0]
+        uploads = [variant(images[i % len(images)], i) for i in range(count)]
+        started = time.perf_counter()
+        asyncio.run(push(peek.url, uploads, 2, 16))
+        deadline = time.monotonic() + 60 + count * 2
+        while time.monotonic() < deadline:
+            final, failed = peek.finished()
+            if final - done_before >= count:
+                break
+            time.sleep(0.25)
+        seconds = time.perf_counter() - started
+        peaks = tree_peaks(peek.process.pid)
+        return seconds, final - done_before, failed, peaks
+    finally:
+        peek.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few hundred images, fewer baseline images")
+    parser.add_argument("--images", type=int, nargs="+", default=None, help="image counts to push")
+    parser.add_argument("--worker-processes", type=int, nargs="+", default=None)
+    args = parser.parse_args(argv)
+    counts = args.images or ([150] if args.quick else [1000, 10000])
+    worker_settings = args.worker_processes or [1, 2]
+    images = corpus_jpegs()
+    print(
+        f"# Pipeline vs analyzers alone vs the earlier sequential method: {len(images)} corpus images "
+        f"as JPEG, {CORES} cores"
+    )
+    sample = images[:: 3 if args.quick else 1]
+    per_image = baseline_seconds(sample)
+    baseline_rate = CORES / per_image
+    print(
+        f"baseline (earlier API, sequential) {per_image * 1000:8.0f} ms/image on {len(sample)} images "
+        f"→ × {CORES} cores = {baseline_rate:6.2f} images/s"
+    )
+    alone = analyzers_alone_rate(images * (2 if args.quick else 4))
+    print(
+        f"analyzers alone ({CORES}-process pool)  {alone:6.2f} images/s ({alone / baseline_rate:.1f}× baseline)"
+    )
+    with tempfile.TemporaryDirectory(prefix="peek-bench-pipeline-") as folder:
+        for processes in worker_settings:
+            for count in counts:
+                seconds, finished, failed, peaks = run_pipeline(images, count, processes, Path(folder))
+                rate = finished / seconds
+                print(
+                    f"pipeline, PEEK_WORKER_PROCESSES={processes}, {count} images: {finished} finished "
+                    f"({failed} failed) in {seconds:.1f} s = {rate:.2f} images/s → "
+                    f"{rate / baseline_rate:.1f}× baseline (target ≥ 10×), "
+                    f"{rate / alone:.2f} of analyzers alone (target ≥ 0.85)"
+                )
+                biggest = sorted(peaks.values(), key=lambda item: -item[1])
+                total = sum(mb for _, mb in biggest)
+                print(
+                    f"  peak RSS at {count} images: total {total:.0f} MB; "
+                    + ", ".join(f"{name} {mb:.0f}" for name, mb in biggest if mb > 0)
+                )
+
+
+if __name__ == "__main__":
+    main()
