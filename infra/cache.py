@@ -14,8 +14,6 @@ from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "peek:result:"
-
 
 class ResultCache(Protocol):
     hits: int
@@ -75,18 +73,19 @@ class MemoryCache:
 class RedisCache:
     """Results as JSON strings under ``peek:result:<id>`` with a TTL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, namespace: str = "peek") -> None:
         import redis
 
         self.client = redis.Redis.from_url(
             url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=30
         )
+        self.prefix = f"{namespace}:result:"
         self.hits = 0
         self.misses = 0
 
     def get(self, image_id: int) -> dict[str, Any] | None:
         try:
-            raw = self.client.get(KEY_PREFIX + str(image_id))
+            raw = self.client.get(self.prefix + str(image_id))
         except Exception as exc:  # a cache outage only costs speed
             log.warning("redis read failed: %s", exc)
             self.misses += 1
@@ -101,7 +100,7 @@ class RedisCache:
         if not image_ids:
             return {}
         try:
-            raws = self.client.mget([KEY_PREFIX + str(i) for i in image_ids])
+            raws = self.client.mget([self.prefix + str(i) for i in image_ids])
         except Exception as exc:
             log.warning("redis read failed: %s", exc)
             self.misses += len(image_ids)
@@ -113,13 +112,13 @@ class RedisCache:
 
     def set(self, image_id: int, result: dict[str, Any], ttl_s: int) -> None:
         try:
-            self.client.set(KEY_PREFIX + str(image_id), json.dumps(result), ex=ttl_s)
+            self.client.set(self.prefix + str(image_id), json.dumps(result), ex=ttl_s)
         except Exception as exc:
             log.warning("redis write failed: %s", exc)
 
     def delete(self, image_id: int) -> None:
         try:
-            self.client.delete(KEY_PREFIX + str(image_id))
+            self.client.delete(self.prefix + str(image_id))
         except Exception as exc:
             log.warning("redis delete failed: %s", exc)
 
@@ -127,5 +126,5 @@ class RedisCache:
         self.client.ping()
 
 
-def build_cache(redis_url: str) -> ResultCache:
-    return RedisCache(redis_url) if redis_url else MemoryCache()
+def build_cache(redis_url: str, namespace: str = "peek") -> ResultCache:
+    return RedisCache(redis_url, namespace) if redis_url else MemoryCache()

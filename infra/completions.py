@@ -17,14 +17,17 @@ from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "peek:completed"
+
+def channel(namespace: str) -> str:
+    return f"{namespace}:completed"
 
 
 class CompletionPublisher:
     """Announces final results; a no-op without Redis. Never raises: a lost notice only makes a
     waiting request end at its deadline, where it reads the result anyway."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, namespace: str = "peek") -> None:
+        self.channel = channel(namespace)
         self._client = None
         if redis_url:
             import redis
@@ -35,7 +38,7 @@ class CompletionPublisher:
         if self._client is None:
             return
         try:
-            self._client.publish(CHANNEL, str(image_id))
+            self._client.publish(self.channel, str(image_id))
         except Exception as exc:
             log.warning("could not announce completion of image %s: %s", image_id, exc)
 
@@ -43,8 +46,9 @@ class CompletionPublisher:
 class CompletionWaiter:
     """Lets requests wait for an image's completion notice (one Redis subscription per process)."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, namespace: str = "peek") -> None:
         self.redis_url = redis_url
+        self.channel = channel(namespace)
         self._waiters: dict[int, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
@@ -72,7 +76,7 @@ class CompletionWaiter:
             client = aioredis.Redis.from_url(self.redis_url)
             try:
                 async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(self.channel)
                     self.connected.set()
                     async for message in pubsub.listen():
                         if message.get("type") == "message":

@@ -74,7 +74,8 @@ return math.max(1, tonumber(oldest[2]) + window - now)
 class RateLimiter:
     """Sliding-window counts per key: Redis sorted sets, or this process's memory when Redis is away."""
 
-    def __init__(self, redis_url: str, window_s: float = WINDOW_S) -> None:
+    def __init__(self, redis_url: str, window_s: float = WINDOW_S, namespace: str = "peek") -> None:
+        self.namespace = namespace
         self.window_s = window_s
         self._redis: Any = None
         self._script: Any = None
@@ -94,7 +95,7 @@ class RateLimiter:
         if self._script is not None and time.monotonic() >= self._redis_down_until:
             try:
                 wait_ms = await self._script(
-                    keys=[f"peek:rate:{key_id}"], args=[int(self.window_s * 1000), limit, uuid.uuid4().hex]
+                    keys=[f"{self.namespace}:rate:{key_id}"], args=[int(self.window_s * 1000), limit, uuid.uuid4().hex]
                 )
                 return float(wait_ms) / 1000
             except Exception as exc:  # Redis away: limit per process rather than fail requests
@@ -130,7 +131,7 @@ class AccessControl:
 
     @classmethod
     def build(cls, settings: Settings, sessions: Any) -> AccessControl:
-        return cls(settings, sessions, RateLimiter(settings.redis_url))
+        return cls(settings, sessions, RateLimiter(settings.redis_url, namespace=settings.redis_namespace))
 
     async def required(self) -> bool:
         if self.settings.require_api_keys:

@@ -148,7 +148,7 @@ class ResultReads:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.local = FinalResults()
-        self.completions = CompletionWaiter(services.settings.redis_url)
+        self.completions = CompletionWaiter(services.settings.redis_url, services.settings.redis_namespace)
 
     # --- the database -------------------------------------------------------------------------
 

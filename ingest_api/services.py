@@ -34,7 +34,7 @@ class Services:
             engine=engine,
             sessions=make_sessionmaker(engine),
             storage=build_storage(settings),
-            cache=build_cache(settings.redis_url),
+            cache=build_cache(settings.redis_url, settings.redis_namespace),
             producer=EventProducer(
                 settings.kafka_bootstrap_servers, delivery_timeout_s=settings.produce_timeout_s
             ),

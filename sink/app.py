@@ -14,13 +14,14 @@ import faust
 from infra.cache import build_cache
 from infra.completions import CompletionPublisher
 from infra.faust_app import dead_letter, make_app
-from infra.kafka import EventProducer
+from infra.kafka import EventProducer, ensure_topics
 from infra.metrics import IMAGES_FINISHED, serve_metrics
 from infra.settings import Settings
 from infra.storage import build_storage
 from schemas.events import SCHEMA_VERSION, AnalysisPartial
 from schemas.topics import ANALYSIS_PARTIAL
 from sink.aggregator import Aggregator
+from sink.broker_watch import BrokerWatch
 from sink.db import make_engine, make_sessionmaker, migrate
 from sink.webhooks import WebhookSender
 
@@ -47,11 +48,11 @@ def build_sink_app(settings: Settings) -> faust.App:
         settings=settings,
         sessions=make_sessionmaker(engine),
         producer=EventProducer(settings.kafka_bootstrap_servers),
-        cache=build_cache(settings.redis_url),
+        cache=build_cache(settings.redis_url, settings.redis_namespace),
         storage=build_storage(settings),
     )
     serve_metrics(settings.metrics_port, "sink")
-    publisher = CompletionPublisher(settings.redis_url)
+    publisher = CompletionPublisher(settings.redis_url, settings.redis_namespace)
     webhooks = WebhookSender(
         settings.webhook_secret,
         timeout_s=settings.webhook_timeout_s,
@@ -90,6 +91,21 @@ def build_sink_app(settings: Settings) -> faust.App:
         if settings.broker_ephemeral:
             count = await asyncio.to_thread(aggregator.reemit_processing)
             log.info("re-emitted %s unfinished images to a fresh broker", count)
+
+    watch = BrokerWatch(settings.kafka_bootstrap_servers)
+
+    @app.timer(interval=settings.reconcile_interval_s)
+    async def recover_when_broker_forgot() -> None:
+        """A broker that restarted empty lost every event in flight: re-create topics, re-emit."""
+        try:
+            if await asyncio.to_thread(watch.forgot):
+                await asyncio.to_thread(
+                    ensure_topics, settings.kafka_bootstrap_servers, settings.topic_partitions
+                )
+                count = await asyncio.to_thread(aggregator.reemit_processing)
+                log.warning("re-emitted %s unfinished images after the broker lost its events", count)
+        except Exception as exc:
+            log.error("broker recovery pass failed: %s", exc)
 
     @app.timer(interval=settings.reconcile_interval_s)
     async def reconcile() -> None:

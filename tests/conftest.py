@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,7 @@ def database_url(postgres_server: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     with services.redis_server() as url:
-        import redis
-
-        redis.Redis.from_url(url).flushdb()
-        yield url
+        yield url  # shared safely: every environment has its own key namespace (PEEK_REDIS_NAMESPACE)
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +75,8 @@ def service_env(
         "R2_SECRET_ACCESS_KEY": "test",
         "S3_REGION": "us-east-1",
         "PEEK_DATA_DIR": str(data_dir),
+        # Each environment has its own database, so it gets its own Redis keys too.
+        "PEEK_REDIS_NAMESPACE": f"peek-test-{uuid.uuid4().hex[:8]}",
         "PEEK_KAFKA_SESSION_TIMEOUT_S": "6",
         "PEEK_RECONCILE_INTERVAL_S": "2",
         "PEEK_TOPIC_PARTITIONS": "4",

@@ -240,7 +240,8 @@ def test_rate_limit_is_per_key_sliding_window_in_redis(locked, corpus: Path, red
         assert 1 <= int(limited.headers["Retry-After"]) <= 60
         # Another key is not slowed by this one.
         assert http.get("/api/results/999999", headers={"X-API-Key": other}).status_code == 404
-    window = redis.Redis.from_url(_own_redis_db(redis_url)).zcard(f"peek:rate:{slow['id']}")
+    namespace = peek.env["PEEK_REDIS_NAMESPACE"]
+    window = redis.Redis.from_url(_own_redis_db(redis_url)).zcard(f"{namespace}:rate:{slow['id']}")
     assert window == 5  # the sliding window lives in Redis, one member per allowed request
 
 

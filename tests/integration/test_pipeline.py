@@ -60,7 +60,9 @@ def test_upload_completes_on_postgres_redis_s3(
             "SELECT count(*) FROM analysis_results WHERE image_id = %s", (body["id"],)
         ).fetchone()[0]
     assert status == "completed" and count == 5
-    cached = redis.Redis.from_url(redis_url).get(f"peek:result:{body['id']}")
+    cached = redis.Redis.from_url(redis_url).get(
+        f"{pipeline_env['PEEK_REDIS_NAMESPACE']}:result:{body['id']}"
+    )
     assert cached is not None and json.loads(cached)["insights"] == insights
     s3 = boto3.client(
         "s3",

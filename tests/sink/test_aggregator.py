@@ -10,6 +10,7 @@ import pytest
 from confluent_kafka import Consumer
 from sqlalchemy import func, select
 
+from infra.broker import EmbeddedBroker
 from infra.cache import build_cache
 from infra.kafka import EventProducer, ensure_topics
 from infra.settings import Settings
@@ -24,12 +25,11 @@ ANALYZERS = ["colors", "quality", "faces", "text", "scene"]
 
 
 @pytest.fixture(scope="module")
-def aggregator(
-    postgres_server: str, pipeline_env: dict[str, str], kafka_bootstrap: str
-) -> Iterator[Aggregator]:
-    # Its own database: reconciling with zero patience must not touch other tests' images.
-    with fresh_database(postgres_server) as database_url:
-        yield from _aggregator(database_url, pipeline_env, kafka_bootstrap)
+def aggregator(postgres_server: str, pipeline_env: dict[str, str]) -> Iterator[Aggregator]:
+    # Its own database and broker: reconciling with zero patience must not touch other tests' images,
+    # and image ids (which restart at 1 in a new database) must not meet other tests' events.
+    with fresh_database(postgres_server) as database_url, EmbeddedBroker() as broker:
+        yield from _aggregator(database_url, pipeline_env, broker.bootstrap)
 
 
 def _aggregator(
@@ -39,6 +39,7 @@ def _aggregator(
         **{
             "DATABASE_URL": database_url,
             "REDIS_URL": pipeline_env["REDIS_URL"],
+            "PEEK_REDIS_NAMESPACE": "peek-aggregator-test",
             "S3_ENDPOINT_URL": pipeline_env["S3_ENDPOINT_URL"],
             "R2_BUCKET_NAME": "peek-test",
             "R2_ACCESS_KEY_ID": "test",
@@ -57,7 +58,7 @@ def _aggregator(
         settings,
         make_sessionmaker(engine),
         producer,
-        build_cache(settings.redis_url),
+        build_cache(settings.redis_url, settings.redis_namespace),
         build_storage(settings),
     )
     producer.close()
@@ -155,7 +156,7 @@ def test_last_partial_completes_and_a_duplicate_changes_nothing(
         assert count == 5
         assert session.get(Image, image_id).insights["brightness"] == 200.0
     assert aggregator.cache.get(image_id)["status"] == "completed"
-    assert len(completed_events(kafka_bootstrap, image_id)) == 1
+    assert len(completed_events(aggregator.settings.kafka_bootstrap_servers, image_id)) == 1
 
 
 def test_an_analyzer_error_leaves_its_fields_null_and_keeps_the_reason(aggregator: Aggregator) -> None:
@@ -190,7 +191,9 @@ def test_reconciler_re_emits_missing_analyzers_then_gives_up(aggregator: Aggrega
     image_id = new_image(aggregator)
     aggregator.apply_partial(ok(image_id, "colors", brightness=3.0))
     assert aggregator.reconcile() >= 1  # overdue at once (PEEK_RECONCILE_AFTER_S=0): re-emitted
-    reemitted = completed_events(kafka_bootstrap, image_id, topic="image.uploaded")
+    reemitted = completed_events(
+        aggregator.settings.kafka_bootstrap_servers, image_id, topic="image.uploaded"
+    )
     assert reemitted and reemitted[-1]["expected_analyzers"] == ["quality", "faces", "text", "scene"]
     assert reemitted[-1]["attempt"] == 1
     aggregator.reconcile()  # attempts exhausted (max 1): completes with what it has, and says why
