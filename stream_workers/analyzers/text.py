@@ -17,15 +17,18 @@ import tesserocr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from stream_workers.analyzers._image import gray, shrink  # noqa: E402
+from stream_workers.analyzers._page import PageLayout, find_page, map_box_back, upright  # noqa: E402
 
 FIELDS = ("text_found", "extracted_text", "word_count", "text_regions")
-VERSION = "2"
+VERSION = "3"
 
-_WORKING_SIDE = 2048  # crops are cut from this; the full page is read at _PAGE_SIDE
-_PAGE_SIDE = 1600
+_WORKING_SIDE = 2048  # crops and pages are cut from this
+_PAGE_BAND_HEIGHT = 14.0  # a page's x-height band is scaled to about this many pixels
+_PAGE_MAX_SIDE = 3000
+_WORDS_PER_LINE = 4  # an upright page reads at least this many confident words per line
 _DETECTION_SIDES = (1024, 512, 256)  # big letters merge into words only at the coarser sizes
 _LINE_HEIGHT = 40  # crops are rescaled so a line is this tall: Tesseract likes 20-40 px letters
-_MAX_LINES = 12  # more candidate lines than this: read the whole page instead
+_MAX_LINES = 16  # candidate lines read, largest first; more are texture, not text
 _MIN_CONFIDENCE = 70.0
 _COMMON_TESSDATA = (
     "/usr/share/tesseract-ocr/5/tessdata",
@@ -67,19 +70,24 @@ def _engine() -> tesserocr.PyTessBaseAPI:
 def analyze(image: np.ndarray) -> dict:
     """Return the recognised words, their count and their boxes in image coordinates.
 
-    Text-like regions are found first (stroke edges that close into word-shaped blobs, at three
-    scales); with none, OCR is skipped. A few regions (scene text) are read one by one, cropped,
-    upscaled and binarised with the text made dark; many regions (a document) are read as a page.
+    A page of text lines (found from its row profile at any skew or quarter turn) is turned
+    upright, made dark-on-light, scaled to a readable letter size and read as a page, the other
+    way up too when it reads poorly. Otherwise text-like regions are looked for (stroke edges
+    that close into word-shaped blobs, at several scales); with none, OCR is skipped; each is read
+    on its own, cropped, upscaled and binarised with the text made dark.
     """
     small, scale = shrink(image, _WORKING_SIDE)
     luma = gray(small)
-    lines = _candidate_lines(luma)
-    if not lines:
-        words: list[tuple[str, tuple[int, int, int, int]]] = []
-    elif len(lines) > _MAX_LINES:
-        words = _read_page(luma)
+    layout = find_page(luma)
+    if layout is not None:
+        words = _read_page(luma, layout)
     else:
-        words = [word for line in lines for word in _read_line(luma, line)]
+        lines = _candidate_lines(luma)[:_MAX_LINES]
+        words = [
+            word
+            for line in sorted(lines, key=lambda box: (box[1], box[0]))
+            for word in _read_line(luma, line)
+        ]
     regions = [
         {
             "x": round(x / scale),
@@ -98,7 +106,7 @@ def analyze(image: np.ndarray) -> dict:
 
 
 def _candidate_lines(luma: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Boxes (x, y, w, h in `luma` pixels) of word-shaped clusters of strokes, top to bottom."""
+    """Boxes (x, y, w, h in `luma` pixels) of word-shaped clusters of strokes, largest first."""
     boxes: list[tuple[int, int, int, int]] = []
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
     for side in _DETECTION_SIDES:
@@ -118,7 +126,7 @@ def _candidate_lines(luma: np.ndarray) -> list[tuple[int, int, int, int]]:
             box = tuple(round(v / factor) for v in (x, y, w, h))
             if not any(_overlap(box, kept) > 0.5 for kept in boxes):
                 boxes.append(box)
-    return sorted(boxes, key=lambda box: (box[1], box[0]))
+    return sorted(boxes, key=lambda box: -box[2] * box[3])
 
 
 def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> float:
@@ -156,14 +164,39 @@ def _read_line(
     ]
 
 
-def _read_page(luma: np.ndarray) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """OCR a document-like image as a page (automatic layout analysis)."""
-    page, factor = shrink(luma, _PAGE_SIDE)
-    words = _recognise(page, tesserocr.PSM.AUTO)
-    return [
-        (text, tuple(round(v / factor) for v in box))  # type: ignore[misc]
-        for text, box in words
-    ]
+def _read_page(luma: np.ndarray, layout: PageLayout) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """OCR a page: upright, contrast-stretched, dark-on-light, letters scaled to a readable size.
+
+    Upside-down text still yields a few "confident" garbage words, but far fewer than one per
+    line; so a page that reads poorly is read the other way up too, and the richer reading wins.
+    """
+    scale = float(np.clip(_PAGE_BAND_HEIGHT / layout.line_height, 0.5, 3.0))
+    scale = min(scale, _PAGE_MAX_SIDE / max(luma.shape))
+    best: list[tuple[str, tuple[int, int, int, int]]] = []
+    best_matrix = np.eye(2, 3)
+    for half_turn in (False, True):
+        page, matrix = upright(luma, layout, half_turn, scale)
+        words = _recognise(_dark_on_light(_stretch(page)), tesserocr.PSM.AUTO)
+        if len(words) > len(best) or not half_turn:
+            best, best_matrix = words, matrix
+        if len(words) >= _WORDS_PER_LINE * layout.lines:
+            break
+    return [(text, map_box_back(box, best_matrix, luma.shape)) for text, box in best]
+
+
+def _stretch(luma: np.ndarray) -> np.ndarray:
+    """Spread the 1st-99th percentile grey levels over 0-255 (faint, low-contrast print)."""
+    low, high = np.percentile(luma, (1, 99))
+    if high - low < 8 or (low <= 2 and high >= 253):
+        return luma
+    stretched = (luma.astype(np.float32) - low) * (255.0 / (high - low))
+    return np.clip(stretched, 0, 255).astype(np.uint8)
+
+
+def _dark_on_light(luma: np.ndarray) -> np.ndarray:
+    """Invert light-on-dark text: ink is the minority class, so a dark majority is background."""
+    _, binary = cv2.threshold(luma, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return 255 - luma if binary.mean() < 128 else luma
 
 
 def _recognise(luma: np.ndarray, mode: int) -> list[tuple[str, tuple[int, int, int, int]]]:

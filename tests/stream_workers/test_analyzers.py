@@ -142,3 +142,51 @@ def test_scene_labels(corpus_image: Loader, name: str, scene: str) -> None:
     result = REGISTRY["scene"].run(corpus_image(name))
     assert result["scene_type"] == scene
     assert 1 / 3 <= result["scene_confidence"] <= 1
+
+
+def _page_words(result: dict) -> set[str]:
+    return set(re.findall(r"[a-z]+", result["extracted_text"].lower()))
+
+
+def test_text_reads_a_skewed_copy_of_a_document_like_the_original(corpus_image: Loader) -> None:
+    upright = _page_words(REGISTRY["text"].run(corpus_image("imageTextN.png")))
+    skewed = _page_words(REGISTRY["text"].run(corpus_image("imageTextR.png")))
+    assert len(upright) > 60
+    assert len(upright & skewed) >= 0.9 * len(upright)
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        pytest.param(lambda image: np.rot90(image, 1), id="turned-90"),
+        pytest.param(lambda image: np.rot90(image, 2), id="upside-down"),
+        pytest.param(lambda image: np.rot90(image, 3), id="turned-270"),
+        pytest.param(lambda image: 255 - image, id="inverted"),
+    ],
+)
+def test_text_reads_turned_and_inverted_documents(
+    corpus_image: Loader, transform: Callable[[np.ndarray], np.ndarray]
+) -> None:
+    image = corpus_image("imageTextN.png")
+    upright = _page_words(REGISTRY["text"].run(image))
+    result = REGISTRY["text"].run(np.ascontiguousarray(transform(image)))
+    assert len(_page_words(result) & upright) >= 0.9 * len(upright)
+    height, width = transform(image).shape[:2]
+    for region in result["text_regions"]:  # boxes come back in the turned image's coordinates
+        assert region["x"] >= 0 and region["x"] + region["width"] <= width + 1
+        assert region["y"] >= 0 and region["y"] + region["height"] <= height + 1
+
+
+def test_text_boxes_of_an_upside_down_page_map_back_to_its_pixels(corpus_image: Loader) -> None:
+    image = corpus_image("imageTextN.png")
+    height, width = image.shape[:2]
+
+    def box_of(result: dict, word: str) -> dict:
+        words = result["extracted_text"].split()
+        return result["text_regions"][words.index(word)]
+
+    upright = box_of(REGISTRY["text"].run(image), "technical")
+    turned = box_of(REGISTRY["text"].run(np.ascontiguousarray(np.rot90(image, 2))), "technical")
+    assert abs(turned["x"] - (width - upright["x"] - upright["width"])) <= 4
+    assert abs(turned["y"] - (height - upright["y"] - upright["height"])) <= 4
+    assert abs(turned["width"] - upright["width"]) <= 4
