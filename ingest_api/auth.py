@@ -95,7 +95,8 @@ class RateLimiter:
         if self._script is not None and time.monotonic() >= self._redis_down_until:
             try:
                 wait_ms = await self._script(
-                    keys=[f"{self.namespace}:rate:{key_id}"], args=[int(self.window_s * 1000), limit, uuid.uuid4().hex]
+                    keys=[f"{self.namespace}:rate:{key_id}"],
+                    args=[int(self.window_s * 1000), limit, uuid.uuid4().hex],
                 )
                 return float(wait_ms) / 1000
             except Exception as exc:  # Redis away: limit per process rather than fail requests
@@ -210,9 +211,17 @@ class ApiKeyMiddleware:
             return
         access = access_of(scope)
         try:
-            if access is None or not await access.required():
-                await self.app(scope, receive, send)
-                return
+            required = access is not None and await access.required()
+        except Exception as exc:
+            log.error("could not tell whether API keys are on: %s", type(exc).__name__)
+            await _refuse(
+                send, 503, "cannot check API keys right now; try again shortly", {"Retry-After": "5"}
+            )
+            return
+        if access is None or not required:
+            await self.app(scope, receive, send)
+            return
+        try:
             secret = presented_secret(scope)
             if not secret:
                 await _refuse(

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             message = "method not allowed on this route"
         return error_response(exc.status_code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(DataError)
+    async def _out_of_range(_request: Request, _exc: DataError) -> JSONResponse:
+        # The database refused a value the route let through, such as an id beyond 64 bits.
+        return error_response(400, "invalid request: a value is out of range")
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
