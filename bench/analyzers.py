@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2  # noqa: E402
 
 from bench import baseline  # noqa: E402
-from bench._corpus import Sample, big_jpeg, load_corpus, palette_delta_e, word_recall  # noqa: E402
+from bench._corpus import Sample, big_jpeg, load_corpus, palette_delta_e, word_recall, words  # noqa: E402
+from bench._documents import documents  # noqa: E402
 from stream_workers.analyzers import REGISTRY, analyze_all  # noqa: E402
 from stream_workers.decode import decode_image  # noqa: E402
 
@@ -157,6 +158,47 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def print_documents(quick: bool, samples: list[Sample]) -> None:
+    """OCR word recall on rendered pages (the corpus labels no document text), ours | baseline."""
+    pages = documents()
+    if quick:
+        pages = [page for page in pages if page.name.endswith("#0")]
+    print(f"\n## Documents: {len(pages)} rendered pages of known text (bench/_documents.py)")
+    by_variant: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for page in pages:
+        variant = page.name.rsplit(" #", 1)[0]
+        for label, method in (("ours", REGISTRY["text"].run), ("baseline", baseline.text)):
+            start = cpu_seconds()
+            recognised = method(page.image)["extracted_text"]
+            by_variant[variant][f"{label} s"].append(cpu_seconds() - start)
+            by_variant[variant][label].append(word_recall(page.text, recognised))
+    print(f"{'pages':<14}{'ours recall':>12}{'baseline':>10}{'ours ms':>9}{'base ms':>9}")
+    for variant, figures in by_variant.items():
+        print(
+            f"{variant:<14}{_mean(figures['ours']):>12.2f}{_mean(figures['baseline']):>10.2f}"
+            f"{1000 * _mean(figures['ours s']):>9.0f}{1000 * _mean(figures['baseline s']):>9.0f}"
+        )
+    every = {
+        label: [r for figures in by_variant.values() for r in figures[label]]
+        for label in ("ours", "baseline")
+    }
+    print(
+        f"documents ours mean word recall {_mean(every['ours']):.2f} | baseline {_mean(every['baseline']):.2f} "
+        f"on {len(pages)} pages"
+    )
+    named = {s.name: s for s in samples}
+    if {"imageTextN.png", "imageTextR.png"} <= named.keys():
+        for label, method in (("ours", REGISTRY["text"].run), ("baseline", baseline.text)):
+            upright, skewed = (
+                method(decode_image(named[name].data))["extracted_text"]
+                for name in ("imageTextN.png", "imageTextR.png")
+            )
+            print(
+                f"imageTextR (skewed copy) vs imageTextN, {label:<8}: {word_recall(upright, skewed):.2f} of the "
+                f"{len(words(upright))} words read upright are read from the skewed copy too"
+            )
+
+
 def peak_rss_mb(reset: bool = False) -> float:
     """This process's peak resident memory (Linux VmHWM, MB); `reset` restarts the peak first."""
     if reset:
@@ -230,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     base_results, base_seconds = run_baseline(samples, subset)
     print_speed(ours_seconds, base_seconds)
     print_accuracy(samples, ours_results, base_results)
+    print_documents(args.quick, samples)
     print_big([12] if args.quick else [12, 24], next(s for s in samples if s.name == "scenetext05.jpg"))
     print(f"\n(bench wall time {time.monotonic() - wall:.0f} s)")
 

@@ -176,7 +176,8 @@ def _read_page(luma: np.ndarray, layout: PageLayout) -> list[tuple[str, tuple[in
     best_matrix = np.eye(2, 3)
     for half_turn in (False, True):
         page, matrix = upright(luma, layout, half_turn, scale)
-        words = _recognise(_dark_on_light(_stretch(page)), tesserocr.PSM.AUTO)
+        page = _stretch(_even_light(_dark_on_light(page)))
+        words = _recognise(page, tesserocr.PSM.AUTO, min_letters=1)
         if len(words) > len(best) or not half_turn:
             best, best_matrix = words, matrix
         if len(words) >= _WORDS_PER_LINE * layout.lines:
@@ -193,14 +194,28 @@ def _stretch(luma: np.ndarray) -> np.ndarray:
     return np.clip(stretched, 0, 255).astype(np.uint8)
 
 
+def _even_light(luma: np.ndarray) -> np.ndarray:
+    """Divide out uneven lighting: the paper's brightness, from a max filter wider than letters."""
+    side = round(3 * _PAGE_BAND_HEIGHT) | 1
+    paper = cv2.dilate(luma, cv2.getStructuringElement(cv2.MORPH_RECT, (side, side)))
+    paper = cv2.blur(paper, (side, side))
+    return cv2.divide(luma, paper, scale=255)
+
+
 def _dark_on_light(luma: np.ndarray) -> np.ndarray:
     """Invert light-on-dark text: ink is the minority class, so a dark majority is background."""
     _, binary = cv2.threshold(luma, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     return 255 - luma if binary.mean() < 128 else luma
 
 
-def _recognise(luma: np.ndarray, mode: int) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """Run Tesseract on a grey image; keep confident words with their (x, y, w, h) boxes."""
+def _recognise(
+    luma: np.ndarray, mode: int, min_letters: int = 2
+) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """Run Tesseract on a grey image; keep confident words with their (x, y, w, h) boxes.
+
+    Scene crops ask for two letters or digits a word: a lone confident character there is
+    nearly always a texture; on a page, "a" and "I" are words.
+    """
     api = _engine()
     api.SetPageSegMode(mode)
     api.SetImage(Image.fromarray(luma))
@@ -215,7 +230,7 @@ def _recognise(luma: np.ndarray, mode: int) -> list[tuple[str, tuple[int, int, i
         box = word.BoundingBox(level)
         if box is None or word.Confidence(level) < _MIN_CONFIDENCE:
             continue
-        if sum(character.isalnum() for character in text) < 2:
+        if sum(character.isalnum() for character in text) < min_letters:
             continue
         left, top, right, bottom = box
         words.append((text, (left, top, right - left, bottom - top)))

@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
+from bench._corpus import word_recall
+from bench._documents import documents
 from stream_workers.analyzers import REGISTRY, analyze_all
 
 Loader = Callable[[str], np.ndarray]
@@ -190,3 +192,10 @@ def test_text_boxes_of_an_upside_down_page_map_back_to_its_pixels(corpus_image: 
     assert abs(turned["x"] - (width - upright["x"] - upright["width"])) <= 4
     assert abs(turned["y"] - (height - upright["y"] - upright["height"])) <= 4
     assert abs(turned["width"] - upright["width"]) <= 4
+
+
+@pytest.mark.parametrize("variant", ["small 8px", "photographed", "skewed 7deg", "inverted", "low contrast"])
+def test_text_reads_rendered_documents(variant: str) -> None:
+    page = next(page for page in documents() if page.name == f"{variant} #0")
+    result = REGISTRY["text"].run(page.image)
+    assert word_recall(page.text, result["extracted_text"]) >= 0.85
