@@ -17,6 +17,7 @@ import tesserocr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from stream_workers.analyzers._image import gray, shrink  # noqa: E402
+from stream_workers.analyzers._letters import letter_lines  # noqa: E402
 from stream_workers.analyzers._page import PageLayout, find_page, map_box_back, upright  # noqa: E402
 
 FIELDS = ("text_found", "extracted_text", "word_count", "text_regions")
@@ -27,9 +28,10 @@ _PAGE_BAND_HEIGHT = 14.0  # a page's x-height band is scaled to about this many 
 _PAGE_MAX_SIDE = 3000
 _WORDS_PER_LINE = 4  # an upright page reads at least this many confident words per line
 _DETECTION_SIDES = (1024, 512, 256)  # big letters merge into words only at the coarser sizes
-_LINE_HEIGHT = 40  # crops are rescaled so a line is this tall: Tesseract likes 20-40 px letters
+_LINE_HEIGHTS = (40, 52)  # crops are rescaled so a line is this tall: Tesseract likes 20-40 px letters
 _MAX_LINES = 16  # candidate lines read, largest first; more are texture, not text
 _MIN_CONFIDENCE = 70.0
+_SHORT_WORD_CONFIDENCE = 85.0  # words under four letters: textures easily pass for "ws" or "Oo"
 _COMMON_TESSDATA = (
     "/usr/share/tesseract-ocr/5/tessdata",
     "/usr/share/tesseract-ocr/4.00/tessdata",
@@ -82,11 +84,11 @@ def analyze(image: np.ndarray) -> dict:
     if layout is not None:
         words = _read_page(luma, layout)
     else:
-        lines = _candidate_lines(luma)[:_MAX_LINES]
+        lines = _candidate_lines(luma)
         words = [
             word
-            for line in sorted(lines, key=lambda box: (box[1], box[0]))
-            for word in _read_line(luma, line)
+            for box, dark, breaks in sorted(lines, key=lambda line: (line[0][1], line[0][0]))
+            for word in _read_line(luma, box, dark, breaks)
         ]
     regions = [
         {
@@ -105,9 +107,15 @@ def analyze(image: np.ndarray) -> dict:
     }
 
 
-def _candidate_lines(luma: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Boxes (x, y, w, h in `luma` pixels) of word-shaped clusters of strokes, largest first."""
-    boxes: list[tuple[int, int, int, int]] = []
+_Candidate = tuple[tuple[int, int, int, int], bool | None, tuple[int, ...]]
+
+
+def _candidate_lines(luma: np.ndarray) -> list[_Candidate]:
+    """Up to _MAX_LINES boxes (x, y, w, h in `luma` pixels) worth reading, with the letters'
+    polarity and word breaks when known: rows of letters first (longest first), then word-shaped
+    edge blobs."""
+    boxes: list[_Candidate] = [(line.box, line.dark, line.breaks) for line in letter_lines(luma)]
+    edge_boxes: list[tuple[int, int, int, int]] = []
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
     for side in _DETECTION_SIDES:
         work, factor = shrink(luma, side)
@@ -123,10 +131,13 @@ def _candidate_lines(luma: np.ndarray) -> list[tuple[int, int, int, int]]:
                 continue
             if area / (w * h) < 0.35:
                 continue
-            box = tuple(round(v / factor) for v in (x, y, w, h))
-            if not any(_overlap(box, kept) > 0.5 for kept in boxes):
-                boxes.append(box)
-    return sorted(boxes, key=lambda box: -box[2] * box[3])
+            edge_boxes.append(tuple(round(v / factor) for v in (x, y, w, h)))  # type: ignore[arg-type]
+    boxes += [(box, None, ()) for box in sorted(edge_boxes, key=lambda box: -box[2] * box[3])]
+    kept: list[_Candidate] = []
+    for candidate in boxes:
+        if not any(_overlap(candidate[0], other[0]) > 0.5 for other in kept):
+            kept.append(candidate)
+    return kept[:_MAX_LINES]
 
 
 def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> float:
@@ -139,14 +150,34 @@ def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> float:
 
 
 def _read_line(
-    luma: np.ndarray, box: tuple[int, int, int, int]
+    luma: np.ndarray, box: tuple[int, int, int, int], dark: bool | None, breaks: tuple[int, ...] = ()
 ) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """OCR one candidate line: crop with a margin, scale, binarise dark-on-white, PSM 7."""
+    """OCR one candidate line; a row of letters that reads as nothing is tried at a second size
+    (Tesseract's reading of display type swings with letter size)."""
+    heights = _LINE_HEIGHTS if dark is not None else _LINE_HEIGHTS[:1]
+    for height in heights:
+        words = _read_line_at(luma, box, dark, breaks, height)
+        if words:
+            break
+    return words
+
+
+def _read_line_at(
+    luma: np.ndarray, box: tuple[int, int, int, int], dark: bool | None, breaks: tuple[int, ...], height: int
+) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """OCR one candidate line: crop with a margin, scale to `height`, binarise dark-on-white, PSM 7.
+
+    With the letters' polarity known (`dark`), a black-hat or top-hat transform as wide as half a
+    letter keeps the strokes and drops the sign's frame and shading; blobs cut by the crop's edge
+    are frame, not letters. Otherwise Otsu's threshold, with the majority taken as background.
+    At each of `breaks` (x in `luma`) white space is widened so that Tesseract sees a word break.
+    """
     x, y, w, h = box
     pad = max(2, h // 3)
     left, top = max(0, x - pad), max(0, y - pad)
     crop = luma[top : y + h + pad, left : x + w + pad]
-    factor = _LINE_HEIGHT / h
+    factor = height / h
+    space = height // 2  # white columns inserted at a word break
     crop = cv2.resize(
         crop,
         None,
@@ -154,14 +185,50 @@ def _read_line(
         fy=factor,
         interpolation=cv2.INTER_CUBIC if factor > 1 else cv2.INTER_AREA,
     )
-    _, binary = cv2.threshold(crop, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    if binary.mean() < 128:  # strokes cover less than half a line: dark majority = background
-        binary = 255 - binary
+    if dark is None:
+        _, binary = cv2.threshold(crop, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        if binary.mean() < 128:  # strokes cover less than half a line: dark majority = background
+            binary = 255 - binary
+    else:
+        binary = 255 - _letter_ink(crop, dark, height)
+    spaces = sorted(round((position - left) * factor) for position in breaks)
+    for offset, column in enumerate(spaces):
+        binary = np.insert(binary, [column + offset * space] * space, 255, axis=1)
+    margin = height // 2  # Tesseract reads a line best with white space around it
+    binary = cv2.copyMakeBorder(binary, margin, margin, margin, margin, cv2.BORDER_CONSTANT, value=255)
     words = _recognise(binary, tesserocr.PSM.SINGLE_LINE)
+
+    def unspaced(x: int) -> int:
+        """An x in the widened line back to the crop, less the space inserted before it."""
+        return x - space * sum(column + index * space < x for index, column in enumerate(spaces))
+
     return [
-        (text, (left + round(wx / factor), top + round(wy / factor), round(ww / factor), round(wh / factor)))
+        (
+            text,
+            (
+                left + round(unspaced(wx - margin) / factor),
+                top + round((wy - margin) / factor),
+                round(ww / factor),
+                round(wh / factor),
+            ),
+        )
         for text, (wx, wy, ww, wh) in words
     ]
+
+
+def _letter_ink(crop: np.ndarray, dark: bool, height: int) -> np.ndarray:
+    """White-on-black letter strokes of a line crop, without frame pieces cut by the crop edge."""
+    side = (height // 2) | 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (side, side))
+    hat = cv2.morphologyEx(crop, cv2.MORPH_BLACKHAT if dark else cv2.MORPH_TOPHAT, kernel)
+    _, ink = cv2.threshold(hat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(ink)
+    height, width = ink.shape
+    x, y, w, h = (stats[:, index] for index in range(4))
+    cut = (x == 0) | (y == 0) | (x + w >= width) | (y + h >= height)
+    keep = ~cut & (h >= 0.3 * height)
+    keep[0] = False
+    return np.where(keep[labels], 255, 0).astype(np.uint8)
 
 
 def _read_page(luma: np.ndarray, layout: PageLayout) -> list[tuple[str, tuple[int, int, int, int]]]:
@@ -214,13 +281,15 @@ def _recognise(
     """Run Tesseract on a grey image; keep confident words with their (x, y, w, h) boxes.
 
     Scene crops ask for two letters or digits a word: a lone confident character there is
-    nearly always a texture; on a page, "a" and "I" are words.
+    nearly always a texture; on a page, "a" and "I" are words. Words under four letters are
+    easily dreamt up from textures ("ws", "Oo"), so they need a higher confidence, unless a
+    confidently read longer word shows that this reading is real text.
     """
     api = _engine()
     api.SetPageSegMode(mode)
     api.SetImage(Image.fromarray(luma))
     api.Recognize()
-    words: list[tuple[str, tuple[int, int, int, int]]] = []
+    found: list[tuple[str, tuple[int, int, int, int], float, bool]] = []
     level = tesserocr.RIL.WORD
     for word in tesserocr.iterate_level(api.GetIterator(), level):
         try:
@@ -228,11 +297,16 @@ def _recognise(
         except RuntimeError:  # tesserocr's way of saying "this element has no text"
             continue
         box = word.BoundingBox(level)
-        if box is None or word.Confidence(level) < _MIN_CONFIDENCE:
-            continue
-        if sum(character.isalnum() for character in text) < min_letters:
+        letters = sum(character.isalnum() for character in text)
+        confidence = word.Confidence(level)
+        if box is None or letters < min_letters or confidence < _MIN_CONFIDENCE:
             continue
         left, top, right, bottom = box
-        words.append((text, (left, top, right - left, bottom - top)))
+        found.append((text, (left, top, right - left, bottom - top), confidence, letters < 4))
     api.Clear()
-    return words
+    vouched = any(not short and confidence >= _SHORT_WORD_CONFIDENCE for _, _, confidence, short in found)
+    return [
+        (text, box)
+        for text, box, confidence, short in found
+        if not short or vouched or confidence >= _SHORT_WORD_CONFIDENCE
+    ]

@@ -199,3 +199,9 @@ def test_text_reads_rendered_documents(variant: str) -> None:
     page = next(page for page in documents() if page.name == f"{variant} #0")
     result = REGISTRY["text"].run(page.image)
     assert word_recall(page.text, result["extracted_text"]) >= 0.85
+
+
+def test_text_reads_dark_letters_inside_a_busy_sign_frame(corpus_image: Loader) -> None:
+    # the edge-blob finder merges this sign with its yellow frame; the letter rows find it
+    result = REGISTRY["text"].run(corpus_image("scenetext05.jpg"))
+    assert "parking" in result["extracted_text"].lower()
