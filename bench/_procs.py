@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -49,6 +50,20 @@ def peak_rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used so far; 0 when it is gone."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Label and CPU seconds of ``pid`` and every descendant."""
+    return {each: (label(each), cpu_seconds(each)) for each in [pid, *children_of(pid)]}
 
 
 def tree_peaks(pid: int) -> dict[int, tuple[str, float]]:

@@ -39,7 +39,7 @@ from PIL import Image  # noqa: E402
 
 from bench import baseline  # noqa: E402
 from bench._corpus import load_corpus  # noqa: E402
-from bench._procs import tree_peaks  # noqa: E402
+from bench._procs import tree_cpu, tree_peaks  # noqa: E402
 from bench.ingest import push, variant  # noqa: E402
 from infra.broker import free_port  # noqa: E402
 
@@ -166,6 +166,7 @@ def run_pipeline(
     try:
         warm_up(peek, images)
         done_before = peek.finished()[0]
+        cpu_before = tree_cpu(peek.process.pid)
         uploads = [variant(images[i % len(images)], i) for i in range(count)]
         started = time.perf_counter()
         asyncio.run(push(peek.url, uploads, 2, 16))
@@ -177,9 +178,28 @@ def run_pipeline(
             time.sleep(0.25)
         seconds = time.perf_counter() - started
         peaks = tree_peaks(peek.process.pid)
+        print_cpu_shares(cpu_before, tree_cpu(peek.process.pid), final - done_before)
         return seconds, final - done_before, failed, peaks
     finally:
         peek.stop()
+
+
+def print_cpu_shares(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], images: int
+) -> None:
+    """CPU ms per image of each kind of process during the run: where the pipeline's cost goes."""
+    by_label: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        used = seconds - before.get(pid, (name, 0.0))[1]
+        by_label[name] = by_label.get(name, 0.0) + used
+    total = sum(by_label.values())
+    shares = sorted(by_label.items(), key=lambda item: -item[1])
+    print(
+        f"  CPU per image: {total * 1000 / max(1, images):.0f} ms in all; "
+        + ", ".join(
+            f"{name} {seconds * 1000 / max(1, images):.1f}" for name, seconds in shares if seconds > 0
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
