@@ -29,7 +29,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from ingest_api.app import create_app
 
     settings = get_settings()
-    _require_broker(settings)
+    _require_broker(settings, wait=False)
     # Several worker processes need the app as an import string; one process gets the object.
     app: object = create_app(settings)
     if settings.api_workers > 1:
@@ -95,13 +95,33 @@ def cmd_sink(_args: argparse.Namespace) -> int:
     return _run_faust(build_sink_app(settings))
 
 
-def _require_broker(settings: Settings) -> None:
-    """Exit with a clear message without a broker; otherwise make sure Peek's topics exist."""
+def _require_broker(settings: Settings, *, wait: bool = True) -> None:
+    """Exit with a clear message without a broker; otherwise make sure Peek's topics exist.
+
+    Workers and the sink wait for an unreachable broker (they are useless without it); the API
+    starts anyway, serves reads, and answers uploads with 503 until the broker is back.
+    """
     if not settings.kafka_bootstrap_servers:
         sys.exit("peek: KAFKA_BOOTSTRAP_SERVERS is not set (or use `peek up`, which starts a broker)")
+    import time
+
+    from confluent_kafka import KafkaException
+
     from infra.kafka import ensure_topics
 
-    ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions)
+    log = logging.getLogger("peek")
+    while True:
+        try:
+            ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions, timeout_s=10)
+            return
+        except KafkaException as exc:
+            if not wait:
+                log.warning(
+                    "broker %s unreachable (%s); starting anyway", settings.kafka_bootstrap_servers, exc
+                )
+                return
+            log.warning("waiting for the broker at %s: %s", settings.kafka_bootstrap_servers, exc)
+            time.sleep(2)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
