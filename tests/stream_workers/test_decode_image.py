@@ -80,6 +80,20 @@ def test_large_jpeg_is_decoded_reduced_to_max_side() -> None:
     assert abs(int(decoded[300, 500, 2]) - 90) <= 3
 
 
+def test_24_megapixel_jpeg_is_dct_scaled_not_inflated() -> None:
+    # 1/2 DCT scale keeps the long side at 3000 >= 2048, what the analyzers look at; a full-size
+    # decode followed by a resize would have come out at the 4096 px max_side instead
+    data = encode(Image.new("RGB", (6000, 4500), (200, 40, 10)), "JPEG")
+    decoded = decode_image(data)
+    assert decoded.shape == (2250, 3000, 3)
+    assert abs(int(decoded[1000, 1500, 2]) - 200) <= 3
+
+
+def test_12_megapixel_jpeg_keeps_its_full_size() -> None:
+    data = encode(Image.new("RGB", (4000, 3000), (10, 40, 200)), "JPEG")
+    assert decode_image(data).shape == (3000, 4000, 3)
+
+
 def test_huge_flat_png_is_downscaled() -> None:
     decoded = decode_image(encode(Image.new("L", (9000, 3000), 200), "PNG"))
     assert decoded.shape == (1365, 4096, 3)
