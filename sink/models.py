@@ -66,7 +66,11 @@ class Image(Base):
     __table_args__ = (
         Index("ix_images_status_updated", "status", "updated_at"),
         Index("ix_images_created_id", "created_at", "id"),
-        Index("ix_images_scene_type", "scene_type"),
+        # Listings filter on one column and page newest first: (filter, created_at, id) serves both.
+        Index("ix_images_status_created", "status", "created_at", "id"),
+        Index("ix_images_scene_created", "scene_type", "created_at", "id"),
+        Index("ix_images_faces_created", "faces_detected", "created_at", "id"),
+        Index("ix_images_text_created", "text_found", "created_at", "id"),
     )
 
 
