@@ -143,7 +143,17 @@ def test_text_free_images_have_no_text(corpus_image: Loader, name: str) -> None:
 def test_scene_labels(corpus_image: Loader, name: str, scene: str) -> None:
     result = REGISTRY["scene"].run(corpus_image(name))
     assert result["scene_type"] == scene
-    assert 1 / 3 <= result["scene_confidence"] <= 1
+    assert 0.5 <= result["scene_confidence"] <= 1
+
+
+def test_scene_confidence_is_higher_for_present_cues_than_for_missing_ones(corpus_image: Loader) -> None:
+    # aero3: bright sky over darker ground; box_in_scene: no outdoor cue, so indoor by default
+    sky = REGISTRY["scene"].run(corpus_image("aero3.jpg"))
+    default = REGISTRY["scene"].run(corpus_image("box_in_scene.png"))
+    flat = REGISTRY["scene"].run(np.full((64, 64, 3), 128, np.uint8))
+    assert default["scene_type"] == flat["scene_type"] == "indoor"
+    assert sky["scene_confidence"] > default["scene_confidence"] + 0.1
+    assert flat["scene_confidence"] < 0.65
 
 
 def _page_words(result: dict) -> set[str]:
