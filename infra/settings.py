@@ -68,6 +68,15 @@ class Settings(BaseSettings):
     batch_max_files: int = Field(256, validation_alias=AliasChoices("PEEK_BATCH_MAX_FILES"))
     ingest_concurrency: int = Field(16, validation_alias=AliasChoices("PEEK_INGEST_CONCURRENCY"))
     bucket_page_size: int = Field(200, validation_alias=AliasChoices("PEEK_BUCKET_PAGE_SIZE"))
+    # Admission control: new uploads answer 503 + Retry-After once this many images are still
+    # processing (all API processes together). Kafka is meant to hold the queue during bulk
+    # ingestion (accepting stays cheap and memory flat while workers catch up), so the default is
+    # large: it only stops a queue that would take hours to drain. A lower bound keeps interactive
+    # latency (upload to result) short at the price of refusing bursts; 0 turns the check off.
+    max_backlog: int = Field(100_000, validation_alias=AliasChoices("PEEK_MAX_BACKLOG"))
+    # Upload requests (single or batch) one API process handles at once before answering 503;
+    # bounds the bodies and threads a process holds. 0 = no bound.
+    max_uploads_in_flight: int = Field(64, validation_alias=AliasChoices("PEEK_MAX_UPLOADS_IN_FLIGHT"))
     result_cache_ttl_s: int = Field(7 * 24 * 3600, validation_alias=AliasChoices("PEEK_RESULT_CACHE_TTL_S"))
 
     # Prometheus endpoint of a worker or sink process (the API serves /metrics on its own port);

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from infra.metrics import register_lag_collector
 from infra.settings import Settings, get_settings
+from ingest_api.admission import Admission
 from ingest_api.auth import ApiKeyMiddleware
 from ingest_api.cors import OriginPolicy, check_origins
 from ingest_api.errors import install_error_handlers
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings)
         app.state.services = services
+        app.state.admission = Admission(settings, services.sessions)
         app.state.result_reads = reads = ResultReads(services)
         reads.completions.start()
         register_lag_collector(settings.kafka_bootstrap_servers, settings.analyzer_names)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
+from ingest_api.admission import upload_slot
 from ingest_api.bulk import accept_parts
 from ingest_api.errors import ApiError
 from ingest_api.forms import multipart_body, read_form
@@ -15,7 +16,12 @@ from ingest_api.services import ServicesDep
 router = APIRouter()
 
 
-@router.post("/api/analyze/batch", status_code=202, openapi_extra=multipart_body("images", many=True))
+@router.post(
+    "/api/analyze/batch",
+    status_code=202,
+    openapi_extra=multipart_body("images", many=True),
+    dependencies=[Depends(upload_slot)],
+)
 async def analyze_batch(
     request: Request, services: ServicesDep, reanalyze: Annotated[bool, Query()] = False
 ) -> JSONResponse:
