@@ -223,9 +223,9 @@ def _letter_ink(crop: np.ndarray, dark: bool, height: int) -> np.ndarray:
     hat = cv2.morphologyEx(crop, cv2.MORPH_BLACKHAT if dark else cv2.MORPH_TOPHAT, kernel)
     _, ink = cv2.threshold(hat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(ink)
-    height, width = ink.shape
+    rows, columns = ink.shape
     x, y, w, h = (stats[:, index] for index in range(4))
-    cut = (x == 0) | (y == 0) | (x + w >= width) | (y + h >= height)
+    cut = (x == 0) | (y == 0) | (x + w >= columns) | (y + h >= rows)
     keep = ~cut & (h >= 0.3 * height)
     keep[0] = False
     return np.where(keep[labels], 255, 0).astype(np.uint8)
