@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer uploads")
     parser.add_argument("--uploads", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--api-workers", type=int, default=None, help="uvicorn worker processes")
+    parser.add_argument("--api-workers", type=int, default=None, help="uvicorn worker processes (default 1)")
     args = parser.parse_args(argv)
     count = args.uploads or (600 if args.quick else 3000)
     base = jpeg_near(200_000)
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     with tempfile.TemporaryDirectory(prefix="peek-bench-ingest-") as folder, EmbeddedBroker() as broker:
         ensure_topics(broker.bootstrap, 6)
-        api_workers = [args.api_workers] if args.api_workers else [1, 2]
+        api_workers = [args.api_workers or 1]
         serial = 0
         for workers in api_workers:
             data_dir = Path(folder) / f"api{workers}"
