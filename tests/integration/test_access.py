@@ -287,3 +287,79 @@ def test_no_secrets_in_logs_or_error_bodies(locked, corpus: Path) -> None:
     for marker in (secret, DB_PASSWORD, S3_SECRET):
         assert marker not in logs
         assert all(marker not in body for body in bodies)
+
+
+@pytest.fixture(scope="module")
+def turned_on(
+    postgres_server: str,
+    redis_url: str,
+    s3_endpoint: str,
+    broker: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[services.PeekProcesses, str]]:
+    """An API that starts with keys off; the test turns them on by creating keys."""
+    yield from _api(postgres_server, redis_url, s3_endpoint, broker, tmp_path_factory.mktemp("turned-on"), {})
+
+
+def _listed_ids(http: httpx.Client, key: str, **filters: object) -> list[int]:
+    """Every id of the filtered listing, following next_cursor with two results a page; each page
+    but the last is full, so filtering happens in the query and not after it."""
+    ids: list[int] = []
+    params: dict[str, object] = {"limit": 2, **filters}
+    while True:
+        page = http.get("/api/results", params=params, headers={"X-API-Key": key})
+        assert page.status_code == 200, page.text
+        body = page.json()
+        ids += [result["id"] for result in body["results"]]
+        if body["next_cursor"] is None:
+            return ids
+        assert len(body["results"]) == 2
+        params["cursor"] = body["next_cursor"]
+
+
+def test_batch_listing_and_long_poll_show_a_key_only_what_it_may_read(turned_on, corpus: Path) -> None:
+    peek, _ = turned_on
+    with httpx.Client(base_url=peek.url, timeout=60) as http:
+        before_keys = upload(http, corpus, None)
+        assert before_keys.status_code == 202
+        shared = before_keys.json()["id"]  # uploaded while keys were off: every key reads it
+        owner = str(peek_keys(peek, "create", "owner")["key"])
+        stranger = str(peek_keys(peek, "create", "stranger")["key"])
+        # Until the API notices the keys (a few seconds), keyless uploads are still accepted.
+        keyless = [shared]
+        while (response := upload(http, corpus, None)).status_code == 202:
+            keyless.append(response.json()["id"])
+            assert len(keyless) < 500, "keys were never required"
+        assert response.status_code == 401
+        mine = [upload(http, corpus, owner).json()["id"] for _ in range(3)]
+        theirs = [upload(http, corpus, stranger).json()["id"] for _ in range(2)]
+        unknown = max(mine + theirs) + 1000
+
+        # Batch lookup: another key's ids are reported exactly like ids that do not exist.
+        asked = [theirs[0], *mine, shared, theirs[1], unknown]  # visible: in keyless or the key's own
+        for key, readable, hidden in ((owner, mine, theirs), (stranger, theirs, mine)):
+            batch = http.get(
+                "/api/results", params={"ids": ",".join(map(str, asked))}, headers={"X-API-Key": key}
+            )
+            assert batch.status_code == 200, batch.text
+            visible = [image_id for image_id in asked if image_id in readable or image_id in keyless]
+            assert [result["id"] for result in batch.json()["results"]] == visible
+            assert batch.json()["not_found"] == [image_id for image_id in asked if image_id in hidden] + [
+                unknown
+            ]
+
+        # Filtered listing, newest first, paged with the cursor: own images and the keyless one.
+        assert _listed_ids(http, owner) == sorted([*mine, *keyless], reverse=True)
+        assert _listed_ids(http, owner, status="processing") == sorted([*mine, *keyless], reverse=True)
+        assert _listed_ids(http, stranger) == sorted([*theirs, *keyless], reverse=True)
+        assert _listed_ids(http, stranger, status="completed") == []
+
+        # Long-poll: another key's image is not found (a readable one would answer 202 after the wait).
+        refused = http.get(f"/api/results/{mine[0]}", params={"wait": 20}, headers={"X-API-Key": stranger})
+        assert refused.status_code == 404
+        assert refused.json() == {"error": f"no image with id {mine[0]}"}
+        # No workers run here, so readable images are still processing when the wait ends.
+        for key, image_id in ((owner, mine[0]), (stranger, shared), (owner, shared)):
+            waited = http.get(f"/api/results/{image_id}", params={"wait": 1}, headers={"X-API-Key": key})
+            assert waited.status_code == 202
+            assert waited.json() == {"id": image_id, "status": "processing"}
