@@ -86,9 +86,10 @@ def _end_of_image(data: bytes, image_format: str) -> int | None:
 
 def check_not_polyglot(data: bytes, image_format: str) -> None:
     """Refuse an image that is also markup, a script or an archive."""
-    head_and_tail = (data[:4096] + data[-65536:]).lower()
+    # Files up to 1 MB are searched whole; larger ones at both ends, where polyglot payloads sit.
+    searched = data.lower() if len(data) <= 1 << 20 else (data[:4096] + data[-65536:]).lower()
     for marker in _ACTIVE_CONTENT:
-        if marker in head_and_tail or (len(data) <= 1 << 20 and marker in data.lower()):
+        if marker in searched:
             raise ApiError(
                 400, "the file is an image and also something else (it carries web page or script content)"
             )
