@@ -22,7 +22,7 @@ _WORK_SIDE = 768
 _COARSE_ANGLES = np.arange(-20.0, 20.1, 2.0)
 _FINE_STEP = 0.25
 _MIN_EDGE_PIXELS = 300
-_MIN_BANDS = 3
+_MIN_BANDS = 2  # two lines of text already give a strongly one-way profile
 _DIRECTION_RATIO = 2.0
 _MAX_SAMPLE = 40_000  # edge pixels used for the profiles; more adds time, not precision
 

@@ -27,11 +27,14 @@ _WORKING_SIDE = 2048  # crops and pages are cut from this
 _PAGE_BAND_HEIGHT = 14.0  # a page's x-height band is scaled to about this many pixels
 _PAGE_MAX_SIDE = 3000
 _WORDS_PER_LINE = 4  # an upright page reads at least this many confident words per line
+_SURE_PAGE = 85.0  # ... with at least this mean confidence
 _DETECTION_SIDES = (1024, 512, 256)  # big letters merge into words only at the coarser sizes
 _LINE_HEIGHTS = (40, 52)  # crops are rescaled so a line is this tall: Tesseract likes 20-40 px letters
 _MAX_LINES = 16  # candidate lines read, largest first; more are texture, not text
 _MIN_CONFIDENCE = 70.0
+_MIN_STROKE_CONTRAST = 25  # grey levels between a letter stroke and its surroundings
 _SHORT_WORD_CONFIDENCE = 85.0  # words under four letters: textures easily pass for "ws" or "Oo"
+_VOUCHED_SHORT_CONFIDENCE = 45.0  # a short word read beside an accepted longer word
 _COMMON_TESSDATA = (
     "/usr/share/tesseract-ocr/5/tessdata",
     "/usr/share/tesseract-ocr/4.00/tessdata",
@@ -196,7 +199,7 @@ def _read_line_at(
         binary = np.insert(binary, [column + offset * space] * space, 255, axis=1)
     margin = height // 2  # Tesseract reads a line best with white space around it
     binary = cv2.copyMakeBorder(binary, margin, margin, margin, margin, cv2.BORDER_CONSTANT, value=255)
-    words = _recognise(binary, tesserocr.PSM.SINGLE_LINE)
+    words = _recognise(binary, tesserocr.PSM.SINGLE_LINE, vouched_short=_VOUCHED_SHORT_CONFIDENCE)
 
     def unspaced(x: int) -> int:
         """An x in the widened line back to the crop, less the space inserted before it."""
@@ -212,7 +215,7 @@ def _read_line_at(
                 round(wh / factor),
             ),
         )
-        for text, (wx, wy, ww, wh) in words
+        for text, (wx, wy, ww, wh), _ in words
     ]
 
 
@@ -221,7 +224,14 @@ def _letter_ink(crop: np.ndarray, dark: bool, height: int) -> np.ndarray:
     side = (height // 2) | 1
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (side, side))
     hat = cv2.morphologyEx(crop, cv2.MORPH_BLACKHAT if dark else cv2.MORPH_TOPHAT, kernel)
-    _, ink = cv2.threshold(hat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    ink = np.zeros_like(hat)
+    step = height + height // 2
+    for start in range(0, hat.shape[1], step):
+        window = hat[:, start : start + step + step // 2]
+        level, _ = cv2.threshold(window, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        ink[:, start : start + step] = np.where(
+            hat[:, start : start + step] > max(level, _MIN_STROKE_CONTRAST), 255, 0
+        )
     count, labels, stats, _ = cv2.connectedComponentsWithStats(ink)
     rows, columns = ink.shape
     x, y, w, h = (stats[:, index] for index in range(4))
@@ -234,22 +244,24 @@ def _letter_ink(crop: np.ndarray, dark: bool, height: int) -> np.ndarray:
 def _read_page(luma: np.ndarray, layout: PageLayout) -> list[tuple[str, tuple[int, int, int, int]]]:
     """OCR a page: upright, contrast-stretched, dark-on-light, letters scaled to a readable size.
 
-    Upside-down text still yields a few "confident" garbage words, but far fewer than one per
-    line; so a page that reads poorly is read the other way up too, and the richer reading wins.
+    Upside-down text still yields some "confident" garbage words, but fewer and less sure of
+    themselves; so unless the first reading is rich and sure, the page is read the other way up
+    too, and the reading with the larger sum of word confidences wins.
     """
     scale = float(np.clip(_PAGE_BAND_HEIGHT / layout.line_height, 0.5, 3.0))
     scale = min(scale, _PAGE_MAX_SIDE / max(luma.shape))
-    best: list[tuple[str, tuple[int, int, int, int]]] = []
+    best: list[tuple[str, tuple[int, int, int, int], float]] = []
     best_matrix = np.eye(2, 3)
     for half_turn in (False, True):
         page, matrix = upright(luma, layout, half_turn, scale)
         page = _stretch(_even_light(_dark_on_light(page)))
-        words = _recognise(page, tesserocr.PSM.AUTO, min_letters=1)
-        if len(words) > len(best) or not half_turn:
+        words = _recognise(page, tesserocr.PSM.AUTO, min_letters=1, vouched_short=_MIN_CONFIDENCE)
+        certainty = sum(confidence for _, _, confidence in words)
+        if certainty > sum(confidence for _, _, confidence in best) or not half_turn:
             best, best_matrix = words, matrix
-        if len(words) >= _WORDS_PER_LINE * layout.lines:
+        if len(words) >= _WORDS_PER_LINE * layout.lines and certainty >= _SURE_PAGE * len(words):
             break
-    return [(text, map_box_back(box, best_matrix, luma.shape)) for text, box in best]
+    return [(text, map_box_back(box, best_matrix, luma.shape)) for text, box, _ in best]
 
 
 def _stretch(luma: np.ndarray) -> np.ndarray:
@@ -276,14 +288,17 @@ def _dark_on_light(luma: np.ndarray) -> np.ndarray:
 
 
 def _recognise(
-    luma: np.ndarray, mode: int, min_letters: int = 2
-) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """Run Tesseract on a grey image; keep confident words with their (x, y, w, h) boxes.
+    luma: np.ndarray, mode: int, vouched_short: float, min_letters: int = 2
+) -> list[tuple[str, tuple[int, int, int, int], float]]:
+    """Run Tesseract on a grey image; keep confident words with their (x, y, w, h) boxes and
+    confidences.
 
     Scene crops ask for two letters or digits a word: a lone confident character there is
     nearly always a texture; on a page, "a" and "I" are words. Words under four letters are
-    easily dreamt up from textures ("ws", "Oo"), so they need a higher confidence, unless a
-    confidently read longer word shows that this reading is real text.
+    easily dreamt up from textures ("ws", "Oo"), so alone they need a higher confidence; beside
+    an accepted longer word they are real text, and Tesseract is unsure of short words in display
+    type ("NO" of "NO PARKING"), so there `vouched_short` will do. (Not on pages: a page read
+    upside down is full of garbage "words" that would vouch for each other.)
     """
     api = _engine()
     api.SetPageSegMode(mode)
@@ -298,15 +313,15 @@ def _recognise(
             continue
         box = word.BoundingBox(level)
         letters = sum(character.isalnum() for character in text)
-        confidence = word.Confidence(level)
-        if box is None or letters < min_letters or confidence < _MIN_CONFIDENCE:
+        if box is None or letters < min_letters:
             continue
         left, top, right, bottom = box
-        found.append((text, (left, top, right - left, bottom - top), confidence, letters < 4))
+        found.append((text, (left, top, right - left, bottom - top), word.Confidence(level), letters < 4))
     api.Clear()
-    vouched = any(not short and confidence >= _SHORT_WORD_CONFIDENCE for _, _, confidence, short in found)
+    vouched = any(not short and confidence >= _MIN_CONFIDENCE for _, _, confidence, short in found)
+    short_needs = vouched_short if vouched else _SHORT_WORD_CONFIDENCE
     return [
-        (text, box)
+        (text, box, confidence)
         for text, box, confidence, short in found
-        if not short or vouched or confidence >= _SHORT_WORD_CONFIDENCE
+        if confidence >= (short_needs if short else _MIN_CONFIDENCE)
     ]

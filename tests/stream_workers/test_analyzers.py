@@ -117,7 +117,12 @@ def test_face_boxes_are_in_original_coordinates(corpus_image: Loader) -> None:
 
 @pytest.mark.parametrize(
     ("name", "word"),
-    [("scenetext_segmented_word04.jpg", "foster"), ("scenetext_segmented_word02.jpg", "box")],
+    [
+        ("scenetext_segmented_word04.jpg", "foster"),
+        ("scenetext_segmented_word02.jpg", "box"),
+        ("scenetext_segmented_word01.jpg", "hotel"),  # light letters, one of them under a glare
+        ("scenetext03.jpg", "copy"),
+    ],
 )
 def test_text_reads_scene_text(corpus_image: Loader, name: str, word: str) -> None:
     result = REGISTRY["text"].run(corpus_image(name))
@@ -204,9 +209,12 @@ def test_text_boxes_of_an_upside_down_page_map_back_to_its_pixels(corpus_image: 
     assert abs(turned["width"] - upright["width"]) <= 4
 
 
-@pytest.mark.parametrize("variant", ["small 8px", "photographed", "skewed 7deg", "inverted", "low contrast"])
-def test_text_reads_rendered_documents(variant: str) -> None:
-    page = next(page for page in documents() if page.name == f"{variant} #0")
+@pytest.mark.parametrize(
+    "name",
+    ["small 8px #0", "photographed #0", "skewed 7deg #0", "inverted #0", "low contrast #0", "plain 16px #2"],
+)
+def test_text_reads_rendered_documents(name: str) -> None:
+    page = next(page for page in documents() if page.name == name)
     result = REGISTRY["text"].run(page.image)
     assert word_recall(page.text, result["extracted_text"]) >= 0.85
 
@@ -214,4 +222,4 @@ def test_text_reads_rendered_documents(variant: str) -> None:
 def test_text_reads_dark_letters_inside_a_busy_sign_frame(corpus_image: Loader) -> None:
     # the edge-blob finder merges this sign with its yellow frame; the letter rows find it
     result = REGISTRY["text"].run(corpus_image("scenetext05.jpg"))
-    assert "parking" in result["extracted_text"].lower()
+    assert "no parking" in result["extracted_text"].lower()  # the tight gap still splits the words
