@@ -22,7 +22,8 @@ _SIDES = (1024, 384)  # letters 8-256 px tall at the first size, bigger ones at 
 _HAT_SIDE = 15  # wider than the strokes of the letters looked for
 _MIN_CONTRAST = 40  # grey levels between a stroke and its surroundings
 _MIN_LETTERS = 3
-_MAX_BLOBS = 1500  # more letter-shaped blobs than this is foliage or gravel (and pairs cost memory)
+_MAX_BLOBS = 1500  # more letter-shaped blobs than this is foliage or gravel, not text
+_PAIR_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -74,15 +75,22 @@ def letter_lines(luma: np.ndarray) -> list[LetterLine]:
 
 def _rows(blobs: np.ndarray) -> list[np.ndarray]:
     """Indices of blobs chained into rows: similar height, centres level, gaps under a height."""
-    x, y, w, h = blobs[:, 0], blobs[:, 1], blobs[:, 2], blobs[:, 3]
-    centre = y + h / 2
-    taller = np.maximum(h[:, None], h[None])
-    shorter = np.minimum(h[:, None], h[None])
-    gap = np.maximum(x[:, None], x[None]) - np.minimum((x + w)[:, None], (x + w)[None])
-    linked = (
-        (taller <= 1.5 * shorter) & (np.abs(centre[:, None] - centre[None]) <= 0.3 * taller) & (gap <= taller)
-    )
-    count, labels = _components(np.triu(linked, 1))
+    x, y, w, h = (blobs[:, index].astype(np.float32) for index in range(4))
+    centre, end = y + h / 2, x + w
+    pairs: list[np.ndarray] = []
+    for start in range(0, len(blobs), _PAIR_CHUNK):  # chunks keep the pair matrices small
+        rows = slice(start, start + _PAIR_CHUNK)
+        taller = np.maximum(h[rows, None], h[None])
+        shorter = np.minimum(h[rows, None], h[None])
+        gap = np.maximum(x[rows, None], x[None]) - np.minimum(end[rows, None], end[None])
+        linked = (
+            (taller <= 1.5 * shorter)
+            & (np.abs(centre[rows, None] - centre[None]) <= 0.3 * taller)
+            & (gap <= taller)
+        )
+        first, second = np.nonzero(linked)
+        pairs.append(np.stack([first + start, second], axis=1))
+    count, labels = _components(len(blobs), np.concatenate(pairs))
     sizes = np.bincount(labels, minlength=count)
     return [np.flatnonzero(labels == label) for label in range(count) if sizes[label] >= _MIN_LETTERS]
 
@@ -96,9 +104,9 @@ def _word_breaks(row: np.ndarray) -> list[float]:
     return [float(end + gap / 2) for end, gap in zip(ends[wide], gaps[wide], strict=True)]
 
 
-def _components(adjacency: np.ndarray) -> tuple[int, np.ndarray]:
-    """Connected components of an undirected graph given as an upper-triangular adjacency matrix."""
-    parent = np.arange(len(adjacency))
+def _components(nodes: int, pairs: np.ndarray) -> tuple[int, np.ndarray]:
+    """Connected components of an undirected graph given as (first, second) node pairs."""
+    parent = np.arange(nodes)
 
     def root(node: int) -> int:
         while parent[node] != node:
@@ -106,10 +114,10 @@ def _components(adjacency: np.ndarray) -> tuple[int, np.ndarray]:
             node = parent[node]
         return node
 
-    for first, second in zip(*np.nonzero(adjacency), strict=True):
-        a, b = root(int(first)), root(int(second))
+    for first, second in pairs[pairs[:, 0] < pairs[:, 1]].tolist():
+        a, b = root(first), root(second)
         if a != b:
             parent[a] = b
-    roots = np.array([root(node) for node in range(len(parent))])
+    roots = np.array([root(node) for node in range(nodes)])
     _, labels = np.unique(roots, return_inverse=True)
     return int(labels.max()) + 1 if len(labels) else 0, labels

@@ -1,4 +1,4 @@
-"""Text (OCR) with Tesseract driven in-process through tesserocr."""
+"""Text (OCR) with Tesseract driven in-process through tesserocr: pages and scene text."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ _WORDS_PER_LINE = 4  # an upright page reads at least this many confident words 
 _SURE_PAGE = 85.0  # ... with at least this mean confidence
 _DETECTION_SIDES = (1024, 512, 256)  # big letters merge into words only at the coarser sizes
 _LINE_HEIGHTS = (40, 52)  # crops are rescaled so a line is this tall: Tesseract likes 20-40 px letters
-_MAX_LINES = 16  # candidate lines read, largest first; more are texture, not text
+_MAX_LINES = 16  # candidate lines read, letter rows first; more are texture, not text
 _MIN_CONFIDENCE = 70.0
 _MIN_STROKE_CONTRAST = 25  # grey levels between a letter stroke and its surroundings
 _SHORT_WORD_CONFIDENCE = 85.0  # words under four letters: textures easily pass for "ws" or "Oo"
@@ -76,10 +76,11 @@ def analyze(image: np.ndarray) -> dict:
     """Return the recognised words, their count and their boxes in image coordinates.
 
     A page of text lines (found from its row profile at any skew or quarter turn) is turned
-    upright, made dark-on-light, scaled to a readable letter size and read as a page, the other
-    way up too when it reads poorly. Otherwise text-like regions are looked for (stroke edges
-    that close into word-shaped blobs, at several scales); with none, OCR is skipped; each is read
-    on its own, cropped, upscaled and binarised with the text made dark.
+    upright, made dark-on-light, evenly lit, contrast-stretched, scaled to a readable letter size
+    and read as a page, the other way up too unless the reading is rich and sure. Otherwise
+    text-like regions are looked for: rows of letter-shaped blobs (dark or light) and stroke
+    edges that close into word-shaped blobs, at several scales; with none, OCR is skipped; each
+    is read on its own, cropped, rescaled and binarised with the text made dark.
     """
     small, scale = shrink(image, _WORKING_SIDE)
     luma = gray(small)
