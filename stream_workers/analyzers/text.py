@@ -29,7 +29,7 @@ _PAGE_MAX_SIDE = 3000
 _WORDS_PER_LINE = 4  # an upright page reads at least this many confident words per line
 _SURE_PAGE = 85.0  # ... with at least this mean confidence
 _DETECTION_SIDES = (1024, 512, 256)  # big letters merge into words only at the coarser sizes
-_LINE_HEIGHTS = (40, 52)  # crops are rescaled so a line is this tall: Tesseract likes 20-40 px letters
+_LINE_HEIGHT = 40  # crops are rescaled so a line is this tall: Tesseract likes 20-40 px letters
 _MAX_LINES = 16  # candidate lines read, letter rows first; more are texture, not text
 _MIN_CONFIDENCE = 70.0
 _MIN_STROKE_CONTRAST = 25  # grey levels between a letter stroke and its surroundings
@@ -154,22 +154,9 @@ def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> float:
 
 
 def _read_line(
-    luma: np.ndarray, box: tuple[int, int, int, int], dark: bool | None, breaks: tuple[int, ...] = ()
+    luma: np.ndarray, box: tuple[int, int, int, int], dark: bool | None, breaks: tuple[int, ...]
 ) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """OCR one candidate line; a row of letters that reads as nothing is tried at a second size
-    (Tesseract's reading of display type swings with letter size)."""
-    heights = _LINE_HEIGHTS if dark is not None else _LINE_HEIGHTS[:1]
-    for height in heights:
-        words = _read_line_at(luma, box, dark, breaks, height)
-        if words:
-            break
-    return words
-
-
-def _read_line_at(
-    luma: np.ndarray, box: tuple[int, int, int, int], dark: bool | None, breaks: tuple[int, ...], height: int
-) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """OCR one candidate line: crop with a margin, scale to `height`, binarise dark-on-white, PSM 7.
+    """OCR one candidate line: crop with a margin, scale, binarise dark-on-white, PSM 7.
 
     With the letters' polarity known (`dark`), a black-hat or top-hat transform as wide as half a
     letter keeps the strokes and drops the sign's frame and shading; blobs cut by the crop's edge
@@ -180,8 +167,8 @@ def _read_line_at(
     pad = max(2, h // 3)
     left, top = max(0, x - pad), max(0, y - pad)
     crop = luma[top : y + h + pad, left : x + w + pad]
-    factor = height / h
-    space = height // 2  # white columns inserted at a word break
+    factor = _LINE_HEIGHT / h
+    space = _LINE_HEIGHT // 2  # white columns inserted at a word break
     crop = cv2.resize(
         crop,
         None,
@@ -194,11 +181,11 @@ def _read_line_at(
         if binary.mean() < 128:  # strokes cover less than half a line: dark majority = background
             binary = 255 - binary
     else:
-        binary = 255 - _letter_ink(crop, dark, height)
+        binary = 255 - _letter_ink(crop, dark)
     spaces = sorted(round((position - left) * factor) for position in breaks)
     for offset, column in enumerate(spaces):
         binary = np.insert(binary, [column + offset * space] * space, 255, axis=1)
-    margin = height // 2  # Tesseract reads a line best with white space around it
+    margin = _LINE_HEIGHT // 2  # Tesseract reads a line best with white space around it
     binary = cv2.copyMakeBorder(binary, margin, margin, margin, margin, cv2.BORDER_CONSTANT, value=255)
     words = _recognise(binary, tesserocr.PSM.SINGLE_LINE, vouched_short=_VOUCHED_SHORT_CONFIDENCE)
 
@@ -220,13 +207,17 @@ def _read_line_at(
     ]
 
 
-def _letter_ink(crop: np.ndarray, dark: bool, height: int) -> np.ndarray:
-    """White-on-black letter strokes of a line crop, without frame pieces cut by the crop edge."""
-    side = (height // 2) | 1
+def _letter_ink(crop: np.ndarray, dark: bool) -> np.ndarray:
+    """White-on-black letter strokes of a line crop, without frame pieces cut by the crop edge.
+
+    The hat response is thresholded (Otsu) in windows about a letter wide, so a letter under a
+    glare or in shadow, fainter than its neighbours, still counts.
+    """
+    side = (_LINE_HEIGHT // 2) | 1
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (side, side))
     hat = cv2.morphologyEx(crop, cv2.MORPH_BLACKHAT if dark else cv2.MORPH_TOPHAT, kernel)
     ink = np.zeros_like(hat)
-    step = height + height // 2
+    step = _LINE_HEIGHT * 3 // 2
     for start in range(0, hat.shape[1], step):
         window = hat[:, start : start + step + step // 2]
         level, _ = cv2.threshold(window, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
@@ -237,7 +228,7 @@ def _letter_ink(crop: np.ndarray, dark: bool, height: int) -> np.ndarray:
     rows, columns = ink.shape
     x, y, w, h = (stats[:, index] for index in range(4))
     cut = (x == 0) | (y == 0) | (x + w >= columns) | (y + h >= rows)
-    keep = ~cut & (h >= 0.3 * height)
+    keep = ~cut & (h >= 0.3 * _LINE_HEIGHT)
     keep[0] = False
     return np.where(keep[labels], 255, 0).astype(np.uint8)
 
