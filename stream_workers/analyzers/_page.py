@@ -124,12 +124,14 @@ def upright(
     low, high = moved[:2].min(axis=1), moved[:2].max(axis=1)
     matrix = np.array([[1.0, 0.0, -low[0]], [0.0, 1.0, -low[1]], [0.0, 0.0, 1.0]]) @ matrix
     size = (max(1, int(np.ceil(high[0] - low[0]))), max(1, int(np.ceil(high[1] - low[1]))))
+    paper = float(np.median(luma))  # the corners uncovered by the turn get the page's background
     turned = cv2.warpAffine(
         luma,
         matrix[:2],
         size,
-        flags=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA,
-        borderMode=cv2.BORDER_REPLICATE,
+        flags=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=paper,
     )
     return turned, matrix[:2]
 
