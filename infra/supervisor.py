@@ -25,6 +25,7 @@ class ProcessSpec:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
+    restart_at: float = 0.0
 
 
 class Supervisor:
@@ -33,7 +34,7 @@ class Supervisor:
     def __init__(self, specs: list[ProcessSpec], log_dir: Path | None = None) -> None:
         self.specs = specs
         self.log_dir = log_dir
-        self._stopping = False
+        self.stopping = False
 
     def _start(self, spec: ProcessSpec) -> None:
         env = {**os.environ, **spec.env}
@@ -54,20 +55,24 @@ class Supervisor:
             self._start(spec)
 
     def _on_signal(self, *_args: object) -> None:
-        self._stopping = True
+        self.stopping = True
 
     def watch_once(self) -> None:
+        """Restart children that exited, with a growing delay for those that keep crashing."""
+        now = time.monotonic()
         for spec in self.specs:
-            if spec.process is not None and spec.process.poll() is not None and not self._stopping:
-                code = spec.process.returncode
+            if self.stopping or spec.process is None or spec.process.poll() is None:
+                continue
+            if spec.restart_at == 0.0:
                 spec.restarts += 1
-                backoff = (
-                    min(30.0, 2.0 ** min(spec.restarts, 5))
-                    if time.monotonic() - spec.started_at < 60
-                    else 1.0
+                crashed_early = now - spec.started_at < 60
+                delay = min(30.0, 2.0 ** min(spec.restarts, 5)) if crashed_early else 1.0
+                spec.restart_at = now + delay
+                log.warning(
+                    "%s exited with %s; restarting in %.0f s", spec.name, spec.process.returncode, delay
                 )
-                log.warning("%s exited with %s; restarting in %.0f s", spec.name, code, backoff)
-                time.sleep(backoff)
+            elif now >= spec.restart_at:
+                spec.restart_at = 0.0
                 self._start(spec)
 
     def stop_all(self) -> None:
@@ -82,15 +87,19 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     spec.process.kill()
 
-    def run(self, on_tick: object = None) -> int:
+    def run(self) -> int:
+        """Start everything and keep it running until SIGINT or SIGTERM."""
         self.start_all()
         try:
-            while not self._stopping:
-                self.watch_once()
-                time.sleep(0.5)
+            self.supervise()
         finally:
             self.stop_all()
         return 0
+
+    def supervise(self) -> None:
+        while not self.stopping:
+            self.watch_once()
+            time.sleep(0.5)
 
 
 def _wait_healthy(url: str, timeout_s: float) -> bool:
@@ -157,9 +166,7 @@ def run_everything(host: str, port: int, data_dir: Path | None) -> int:
             )
         else:
             print("Peek started, but /api/health is not answering yet; see the logs folder", flush=True)
-        while not supervisor._stopping:
-            supervisor.watch_once()
-            time.sleep(0.5)
+        supervisor.supervise()
     finally:
         supervisor.stop_all()
         if broker:
