@@ -50,7 +50,9 @@ def test_one_service_per_analyzer_plus_api_and_sink() -> None:
     commands = [spec["command"] for spec in services.values() if spec.get("image") == "peek:latest"]
     workers = sorted(command[3] for command in commands if command[1] == "worker")
     assert workers == sorted(ALL_ANALYZERS)
-    assert any(command[1] == "api" for command in commands) and any(command[1] == "sink" for command in commands)
+    assert any(command[1] == "api" for command in commands) and any(
+        command[1] == "sink" for command in commands
+    )
 
 
 def test_backing_services_are_kafka_kraft_postgres_redis_minio() -> None:
@@ -63,4 +65,6 @@ def test_backing_services_are_kafka_kraft_postgres_redis_minio() -> None:
     minio_env = services["minio"]["environment"]
     peek_env = services["api"]["environment"]
     assert (minio_env["MINIO_ROOT_USER"], minio_env["MINIO_ROOT_PASSWORD"]) == (
-        peek_env["R2_ACCESS_KEY_ID"], peek_env["R2_SECRET_ACCESS_KEY"])
+        peek_env["R2_ACCESS_KEY_ID"],
+        peek_env["R2_SECRET_ACCESS_KEY"],
+    )
