@@ -41,8 +41,13 @@ def analyze_bytes(analyzer_name: str, data: bytes, width: int, height: int) -> d
     from stream_workers.analyzers import REGISTRY
     from stream_workers.decode import decode_image
 
-    image = decode_image(data)
-    result = REGISTRY[analyzer_name].run(image)
+    analyzer = REGISTRY[analyzer_name]
+    image = (
+        decode_image(data)
+        if analyzer.decode_side is None
+        else decode_image(data, max_side=analyzer.decode_side)
+    )
+    result = analyzer.run(image)
     return scale_boxes(result, width / image.shape[1], height / image.shape[0])
 
 

@@ -1,6 +1,7 @@
 """The analyzers: pure functions from a BGR image to a dict of insight fields, and their registry.
 
-A new analyzer is one module (exporting `FIELDS`, `VERSION` and `analyze`) plus one line below.
+A new analyzer is one module (exporting `FIELDS`, `VERSION` and `analyze`, and optionally
+`DECODE_SIDE`, the largest image side it looks at) plus one line below.
 """
 
 from __future__ import annotations
@@ -24,12 +25,21 @@ class Analyzer:
     version: str
     fields: tuple[str, ...]
     run: Callable[[np.ndarray], dict]
+    # A worker running only this analyzer decodes no larger than this (JPEG DCT scaling makes
+    # that much cheaper); None means the full decode that every analyzer can share.
+    decode_side: int | None = None
 
 
 def _from_module(module: ModuleType) -> Analyzer:
     """Describe an analyzer module (`FIELDS`, `VERSION`, `analyze`) as an `Analyzer`."""
     name = module.__name__.rsplit(".", 1)[-1]
-    return Analyzer(name=name, version=module.VERSION, fields=module.FIELDS, run=module.analyze)
+    return Analyzer(
+        name=name,
+        version=module.VERSION,
+        fields=module.FIELDS,
+        run=module.analyze,
+        decode_side=getattr(module, "DECODE_SIDE", None),
+    )
 
 
 REGISTRY: dict[str, Analyzer] = {

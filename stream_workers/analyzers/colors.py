@@ -11,6 +11,7 @@ FIELDS = ("dominant_colors", "color_shares", "brightness")
 VERSION = "2"
 
 _CLUSTERS = 5
+DECODE_SIDE = 512  # brightness is measured at this size, colours on a smaller thumbnail
 _SAMPLE_SIDE = 128  # ~12k pixels: K-means on an area-averaged thumbnail matches full-image K-means
 _ATTEMPTS = 3
 
@@ -38,7 +39,7 @@ def analyze(image: np.ndarray) -> dict:
     return {
         "dominant_colors": [_hex(centers[index]) for index in order],
         "color_shares": [round(float(share), 4) for share in shares],
-        "brightness": round(float(gray(shrink(image, 512)[0]).mean()), 2),
+        "brightness": round(float(gray(shrink(image, DECODE_SIDE)[0]).mean()), 2),
     }
 
 

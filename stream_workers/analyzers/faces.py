@@ -16,9 +16,10 @@ import numpy as np
 from stream_workers.analyzers._image import gray, shrink
 
 FIELDS = ("faces_detected", "face_locations")
-VERSION = "2"
+VERSION = "3"
 
 _WORKING_SIDE = 480
+DECODE_SIDE = _WORKING_SIDE
 _MIN_FACE = 24  # the cascade's own window: smallest face it can see, at working size
 _EYE_ZONE_WIDTH = 96
 _local = threading.local()  # CascadeClassifier is not safe to share between threads
@@ -43,8 +44,10 @@ def analyze(image: np.ndarray) -> dict:
     luma = gray(small)
     if min(luma.shape) < _MIN_FACE:
         return {"faces_detected": 0, "face_locations": []}
+    # A coarser pyramid (1.15 rather than the earlier API's 1.1) costs a quarter less time; the
+    # second opinion below makes up for the one neighbour fewer asked of each proposal.
     proposals = _cascade("frontalface_default").detectMultiScale(
-        luma, scaleFactor=1.1, minNeighbors=5, minSize=(_MIN_FACE, _MIN_FACE)
+        luma, scaleFactor=1.15, minNeighbors=4, minSize=(_MIN_FACE, _MIN_FACE)
     )
     locations = [
         {

@@ -14,6 +14,7 @@ VERSION = "2"
 
 # Measured at a fixed working size so a 24 MP photo and its 1 MP copy score alike.
 _WORKING_SIDE = 1024
+DECODE_SIDE = _WORKING_SIDE
 _SHARP_VARIANCE = 500.0  # at or above: "low" blur
 _BLURRY_VARIANCE = 100.0  # below: "high" blur
 _GOOD_CONTRAST = 64.0  # RMS contrast (grey-level standard deviation) that earns full marks

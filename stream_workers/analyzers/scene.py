@@ -25,6 +25,7 @@ FIELDS = ("scene_type", "scene_confidence")
 VERSION = "3"
 
 _WORKING_SIDE = 256
+DECODE_SIDE = _WORKING_SIDE
 _LABELS = ("indoor", "outdoor", "nature")
 # (threshold, scale): score = (value - threshold) / scale, in log-odds units
 _TOP_LIGHT = (0.17, 0.06)  # mean value (0-1) of top third minus bottom third
