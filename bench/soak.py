@@ -211,6 +211,7 @@ class Phase:
     """What an open-loop phase saw."""
 
     statuses: Counter[int] = field(default_factory=Counter)
+    refused_by_kind: Counter[str] = field(default_factory=Counter)
     latencies: dict[str, list[float]] = field(default_factory=dict)
     accepted_images: int = 0
     max_backlog: int = 0
@@ -232,6 +233,8 @@ async def open_loop(load: Load, rate: float, seconds: float, database_url: str) 
     async def fire(kind: str) -> None:
         outcome = await load.one(kind)
         phase.statuses[outcome.status] += 1
+        if outcome.status == 503:
+            phase.refused_by_kind[outcome.kind] += 1
         phase.latencies.setdefault(kind, []).append(outcome.elapsed)
         phase.accepted_images += len(outcome.image_ids)
 
@@ -327,7 +330,8 @@ async def run(args: argparse.Namespace, base: str, root: int, database_url: str)
     other_errors = sum(count for status, count in burst.statuses.items() if status >= 500 and status != 503)
     print(
         f"burst at {3 * capacity:.2f} req/s (3.00x capacity) for {args.burst_s} s: "
-        f"statuses {dict(sorted(burst.statuses.items()))}, 503 share {refused / max(1, burst.requests):.2f}, "
+        f"statuses {dict(sorted(burst.statuses.items()))}, 503 share {refused / max(1, burst.requests):.2f} "
+        f"{dict(sorted(burst.refused_by_kind.items()))} (reads refused: {burst.refused_by_kind['read']}), "
         f"p99 {p99_ms(burst.all_latencies()):.0f} ms, 5xx other than 503: {other_errors}, "
         f"backlog max {burst.max_backlog} (bound {args.max_backlog}), "
         f"processes exited: {restarted or 'none'}, health after: {health}",
