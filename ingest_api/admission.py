@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Request
+from fastapi import Depends, Request
 from prometheus_client import Counter, Gauge
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -44,6 +44,7 @@ IN_FLIGHT_RETRY_AFTER_S = 1
 
 REFUSED = Counter("peek_uploads_refused_total", "Upload requests refused by admission control", ["reason"])
 BACKLOG = Gauge("peek_analysis_backlog", "Images processing, as admission control last counted (capped)")
+IN_FLIGHT = Gauge("peek_uploads_in_flight", "Upload requests this API process is handling")
 
 
 class Admission:
@@ -110,16 +111,23 @@ class Admission:
         """Hold one in-flight upload for the block; 503 (ApiError) when a bound is reached."""
         self._refuse_when_busy()
         self.in_flight += 1  # before any await, so concurrent requests see it
+        IN_FLIGHT.inc()
         try:
             await self._refuse_when_behind()
             self._admitted_since_count += 1
             yield
         finally:
             self.in_flight -= 1
+            IN_FLIGHT.dec()
 
 
 async def upload_slot(request: Request) -> AsyncIterator[None]:
-    """Route dependency: admit the upload request (before its body is read) or answer 503."""
+    """Admit the upload request (before its body is read) or answer 503."""
     admission: Admission = request.app.state.admission
     async with admission.slot():
         yield
+
+
+# For a route's ``dependencies``. Function scope: the slot is given back when the route returns,
+# before the response is sent, so a client's next upload never meets its previous one's slot.
+UPLOAD_SLOT = Depends(upload_slot, scope="function")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
-from ingest_api.admission import upload_slot
+from ingest_api.admission import UPLOAD_SLOT
 from ingest_api.errors import ApiError
 from ingest_api.forms import multipart_body, read_form, read_upload
 from ingest_api.services import ServicesDep
@@ -22,7 +22,7 @@ router = APIRouter()
     "/api/analyze",
     status_code=202,
     openapi_extra=multipart_body("image"),
-    dependencies=[Depends(upload_slot)],
+    dependencies=[UPLOAD_SLOT],
 )
 async def analyze(
     request: Request, services: ServicesDep, reanalyze: Annotated[bool, Query()] = False

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from ingest_api.admission import upload_slot
+from ingest_api.admission import UPLOAD_SLOT
 from ingest_api.bulk import accept_parts
 from ingest_api.errors import ApiError
 from ingest_api.forms import multipart_body, read_form
@@ -20,7 +20,7 @@ router = APIRouter()
     "/api/analyze/batch",
     status_code=202,
     openapi_extra=multipart_body("images", many=True),
-    dependencies=[Depends(upload_slot)],
+    dependencies=[UPLOAD_SLOT],
 )
 async def analyze_batch(
     request: Request, services: ServicesDep, reanalyze: Annotated[bool, Query()] = False

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from ingest_api.admission import upload_slot
+from ingest_api.admission import UPLOAD_SLOT
 from ingest_api.bucket_ingest import ingest_page
 from ingest_api.services import ServicesDep
 
@@ -20,7 +20,7 @@ class BucketIngestRequest(BaseModel):
     reanalyze: bool = False
 
 
-@router.post("/api/ingest/bucket", status_code=202, dependencies=[Depends(upload_slot)])
+@router.post("/api/ingest/bucket", status_code=202, dependencies=[UPLOAD_SLOT])
 async def ingest_bucket(request: BucketIngestRequest, services: ServicesDep) -> JSONResponse:
     """202 with one entry per object of the page; call again with ``next_start_after`` until null."""
     page = await ingest_page(

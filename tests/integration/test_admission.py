@@ -157,13 +157,15 @@ def test_one_process_refuses_uploads_beyond_its_in_flight_bound(one_at_a_time, c
         assert upload(http, corpus).status_code == 202
         slow = socket.create_connection(("127.0.0.1", peek.port), timeout=30)
         try:
-            # Half a body: the API has admitted this upload and waits for the rest of it.
+            # Half a body: the API admits this upload and waits for the rest of it.
             slow.sendall(head + body[: len(body) // 2])
-            refused = services.wait_for(
-                lambda: (response := upload(http, corpus)).status_code == 503 and response,
+            services.wait_for(
+                lambda: "peek_uploads_in_flight 1.0" in http.get("/metrics").text,
                 30,
-                "a second upload to be refused",
+                "the slow upload to be admitted",
             )
+            refused = upload(http, corpus)
+            assert refused.status_code == 503, refused.text
             assert "already handling 1 uploads" in refused.json()["error"]
             assert refused.headers["Retry-After"] == "1"
             assert batch(http, corpus).status_code == 503
