@@ -30,7 +30,12 @@ class PoisonEvent(ValueError):
 
 def _warm(analyzer_name: str) -> None:
     """Pool initializer: load the analyzer (and its models) once per process."""
+    # Parallelism comes from the pipeline (processes, partitions), not from inside one call:
+    # OpenCV's and Tesseract's own threads would only fight the other analyzers for the cores.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+    import cv2
+
+    cv2.setNumThreads(1)
     from stream_workers.analyzers import REGISTRY
 
     REGISTRY[analyzer_name]  # noqa: B018 - importing builds the models
