@@ -30,6 +30,7 @@ from bench._procs import tree_peaks  # noqa: E402
 from infra.broker import EmbeddedBroker, free_port  # noqa: E402
 from infra.ingest_client import percentile  # noqa: E402
 from infra.kafka import ensure_topics  # noqa: E402
+from infra.settings import embedded_environment  # noqa: E402
 
 TARGET_PER_S = 300
 TARGET_P99_MS = 100
@@ -90,21 +91,12 @@ async def push(url: str, images: list[bytes], concurrency: int, batch: int) -> t
 def start_api(data_dir: Path, bootstrap: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {
-        **os.environ,
+        **embedded_environment(os.environ),
         "PEEK_DATA_DIR": str(data_dir),
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "PEEK_LOG_LEVEL": "warning",
         "PEEK_API_WORKERS": str(workers),
     }
-    for name in (
-        "DATABASE_URL",
-        "REDIS_URL",
-        "S3_ENDPOINT_URL",
-        "R2_BUCKET_NAME",
-        "R2_ACCOUNT_ID",
-        "UPLOAD_FOLDER",
-    ):
-        env.pop(name, None)
     log = open(data_dir / "api.log", "ab")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen(
         [sys.executable, "-m", "infra.cli", "api", "--port", str(port)], env=env, stdout=log, stderr=log

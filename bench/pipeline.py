@@ -42,6 +42,7 @@ from bench._corpus import load_corpus  # noqa: E402
 from bench._procs import tree_cpu, tree_peaks  # noqa: E402
 from bench.ingest import push, variant  # noqa: E402
 from infra.broker import free_port  # noqa: E402
+from infra.settings import embedded_environment  # noqa: E402
 
 CORES = os.cpu_count() or 1
 
@@ -98,20 +99,7 @@ class PeekUp:
     def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        clean = {
-            k: v
-            for k, v in os.environ.items()
-            if k
-            not in (
-                "DATABASE_URL",
-                "REDIS_URL",
-                "KAFKA_BOOTSTRAP_SERVERS",
-                "S3_ENDPOINT_URL",
-                "R2_BUCKET_NAME",
-                "R2_ACCOUNT_ID",
-                "UPLOAD_FOLDER",
-            )
-        }
+        clean = embedded_environment(os.environ)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "infra.cli", "up", "--port", str(self.port), "--data-dir", str(data_dir)],
             env={**clean, "PEEK_LOG_LEVEL": "warning", **env},

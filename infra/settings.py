@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -9,6 +10,23 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ALL_ANALYZERS = ("colors", "quality", "faces", "text", "scene")
+
+# The variables that point Peek at external services; without them everything runs embedded.
+SERVICE_VARIABLES = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "S3_ENDPOINT_URL",
+    "R2_BUCKET_NAME",
+    "R2_ACCOUNT_ID",
+    "UPLOAD_FOLDER",
+)
+
+
+def embedded_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``environ`` without the service variables: a process started with it uses the
+    embedded defaults (SQLite, a local folder, an in-process cache, `peek up`'s own broker)."""
+    return {name: value for name, value in environ.items() if name not in SERVICE_VARIABLES}
 
 
 class Settings(BaseSettings):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from infra.settings import Settings
+from infra.urls import public_domain_url
 
 
 class StorageError(RuntimeError):
@@ -85,7 +86,7 @@ class S3Storage:
         from botocore.config import Config
 
         self.bucket = settings.r2_bucket_name
-        self.public_domain = settings.r2_public_domain.rstrip("/")
+        self.public_domain = settings.r2_public_domain
         self.client = boto3.client(
             "s3",
             endpoint_url=settings.s3_endpoint,
@@ -144,8 +145,7 @@ class S3Storage:
 
     def url(self, key: str, expires_in: int) -> str | None:
         if self.public_domain:
-            base = self.public_domain if "://" in self.public_domain else f"https://{self.public_domain}"
-            return f"{base}/{key}"
+            return public_domain_url(self.public_domain, key)
         return self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
         )

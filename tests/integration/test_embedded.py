@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from infra.broker import free_port
+from infra.settings import embedded_environment
 from tests.conftest import wait_final
 from tests.services import REPO, http_ok, wait_for
 
@@ -46,20 +47,7 @@ class PeekUp:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k
-            not in (
-                "DATABASE_URL",
-                "REDIS_URL",
-                "KAFKA_BOOTSTRAP_SERVERS",
-                "S3_ENDPOINT_URL",
-                "R2_BUCKET_NAME",
-                "R2_ACCOUNT_ID",
-                "UPLOAD_FOLDER",
-            )
-        }
+        env = embedded_environment(os.environ)
         env.update({"PEEK_KAFKA_SESSION_TIMEOUT_S": "6", "PEEK_RECONCILE_INTERVAL_S": "2"})
         log = open(self.data_dir.parent / f"{self.data_dir.name}-up.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
