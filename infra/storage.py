@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Protocol
 
@@ -37,25 +37,39 @@ class LocalStorage:
     """Objects as files under one folder; writes are atomic (temp file + rename)."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root.resolve()
+        self._folders: set[Path] = set()  # folders known to exist: one mkdir per folder, not per put
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root.resolve() not in path.parents:
+        # Keys are checked by their words, not by asking the file system: no "..", no absolute path,
+        # no empty or dot parts (a symlink planted inside the folder is the operator's own doing).
+        parts = key.split("/")
+        if not key or key.startswith("/") or "\x00" in key or any(part in ("", ".", "..") for part in parts):
             raise StorageError(f"storage key escapes the storage folder: {key!r}")
-        return path
+        return self.root.joinpath(*parts)
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
-            with os.fdopen(fd, "wb") as handle:
+            self._write(path, data)
+        except FileNotFoundError:
+            # The folder went away since it was made (cleaned up by hand): make it again.
+            self._folders.discard(path.parent)
+            self._write(path, data)
+
+    def _write(self, path: Path, data: bytes) -> None:
+        """Write to a temporary name beside the object, then rename: readers never see half a file."""
+        if path.parent not in self._folders:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(path.parent)
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "xb") as handle:
                 handle.write(data)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
     def get(self, key: str) -> bytes:

@@ -316,5 +316,6 @@ def validate_filters(filters: ListFilters) -> ListFilters:
     return filters
 
 
-def get_result_reads(request: Request) -> ResultReads:
+async def get_result_reads(request: Request) -> ResultReads:
+    # async: FastAPI would run a plain function in its thread pool, one thread hop per read
     return request.app.state.result_reads  # type: ignore[no-any-return]

@@ -13,6 +13,7 @@ from infra.cache import ResultCache, build_cache
 from infra.kafka import EventProducer
 from infra.settings import Settings
 from infra.storage import Storage, build_storage
+from ingest_api.recorder import UploadRecorder
 from sink.db import make_engine, make_sessionmaker, migrate
 
 
@@ -24,20 +25,23 @@ class Services:
     storage: Storage
     cache: ResultCache
     producer: EventProducer
+    recorder: UploadRecorder
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         engine = make_engine(settings.effective_database_url)
         migrate(engine)
+        sessions = make_sessionmaker(engine)
         return cls(
             settings=settings,
             engine=engine,
-            sessions=make_sessionmaker(engine),
+            sessions=sessions,
             storage=build_storage(settings),
             cache=build_cache(settings.redis_url, settings.redis_namespace),
             producer=EventProducer(
                 settings.kafka_bootstrap_servers, delivery_timeout_s=settings.produce_timeout_s
             ),
+            recorder=UploadRecorder(engine),
         )
 
     def close(self) -> None:
@@ -45,7 +49,8 @@ class Services:
         self.engine.dispose()
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI runs a plain-function dependency in its thread pool, a thread hop per request
     return request.app.state.services  # type: ignore[no-any-return]
 
 

@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, text
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from infra.cloudevents import SOURCE_API, ce_headers
@@ -29,7 +27,7 @@ from ingest_api.errors import ApiError
 from ingest_api.screening import check_filename, check_not_polyglot
 from ingest_api.services import Services
 from schemas.topics import IMAGE_UPLOADED
-from sink.models import FAILED, Image
+from sink.models import Image
 from sink.store import uploaded_event
 from stream_workers.decode import DecodeError, ImageInfo, probe_image
 
@@ -89,40 +87,6 @@ def _storage_key(info: ImageInfo) -> str:
     return f"originals/{today:%Y/%m/%d}/{uuid.uuid4().hex}.{EXTENSION_OF_FORMAT[info.format]}"
 
 
-def _seen(session: Session, sha256: str) -> Image | None:
-    """The newest image with these bytes whose analysis did not fail (a failed one is retried)."""
-    # Only the same key's images count: another client's upload must not hand out its id.
-    owner = current_owner_id()
-    same_owner = Image.owner_key_id.is_(None) if owner is None else Image.owner_key_id == owner
-    return session.scalars(
-        select(Image)
-        .where(Image.sha256 == sha256, Image.status != FAILED, same_owner)
-        .order_by(Image.id.desc())
-        .limit(1)
-    ).first()
-
-
-def find_duplicate(services: Services, sha256: str) -> Image | None:
-    with services.sessions() as session:
-        return _seen(session, sha256)
-
-
-def _insert_row(services: Services, row: Image, dedup: bool) -> Image:
-    """Insert the row and return it; with ``dedup``, return an earlier image with the same bytes
-    instead when one appeared since the first look (two uploads of one file racing)."""
-    with services.sessions.begin() as session:
-        if dedup:
-            if session.get_bind().dialect.name == "postgresql":
-                # Serialise uploads of the same bytes, so the check and the insert are one step.
-                session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:sha))"), {"sha": row.sha256})
-            earlier = _seen(session, row.sha256)
-            if earlier is not None:
-                return earlier
-        session.add(row)
-        session.flush()
-        return row
-
-
 def _delete_row(services: Services, image_id: int) -> None:
     with services.sessions.begin() as session:
         image = session.get(Image, image_id)
@@ -136,6 +100,11 @@ def _reuse(services: Services, image: Image) -> Accepted:
     )
 
 
+def _inspect(data: bytes, filename: str | None, max_bytes: int, max_pixels: int) -> tuple[ImageInfo, str]:
+    """What the bytes are (or a 400) and their sha256: the CPU work of an upload, in one step."""
+    return validate_image(data, filename, max_bytes, max_pixels), hashlib.sha256(data).hexdigest()
+
+
 async def accept_upload(
     services: Services,
     data: bytes,
@@ -145,37 +114,23 @@ async def accept_upload(
     store: Callable[[str, bytes, str], None] | None = None,
     callback_url: str | None = None,
 ) -> Accepted:
-    """Validate, store, record and emit one image; returns once the event is delivered.
+    """Validate, record, store and emit one image; returns once the event is delivered.
 
     Already-seen bytes return the earlier image (``duplicate``) and re-run nothing, unless
     ``reanalyze`` is set. ``store(key, data, content_type)`` puts the original in Peek's storage;
     by default it uploads ``data``, bucket ingestion passes a server-side copy instead.
+
+    The row comes first: it is where a duplicate is found (so seen bytes are never stored again)
+    and it is written in a group with the uploads arriving at the same moment. A failure at the
+    storage or the broker after it removes the row (and the object) again.
     """
     store = store or services.storage.put
     settings = services.settings
     filename = sanitise_filename(check_filename(filename))
-    info = await run_in_threadpool(
-        validate_image, data, filename, settings.max_file_size, settings.max_image_pixels
+    info, sha256 = await run_in_threadpool(
+        _inspect, data, filename, settings.max_file_size, settings.max_image_pixels
     )
-    sha256 = hashlib.sha256(data).hexdigest()
-    if not reanalyze:
-        try:
-            earlier = await run_in_threadpool(find_duplicate, services, sha256)
-        except Exception:
-            log.exception("database read failed")
-            raise ApiError(
-                503, "the database is unavailable; try again shortly", {"Retry-After": RETRY_AFTER_S}
-            ) from None
-        if earlier is not None:
-            return _reuse(services, earlier)
     key = _storage_key(info)
-    try:
-        await run_in_threadpool(store, key, data, info.content_type)
-    except StorageError as exc:
-        log.error("storage write failed: %s", exc)
-        raise ApiError(
-            503, "image storage is unavailable; try again shortly", {"Retry-After": RETRY_AFTER_S}
-        ) from None
     row = Image(
         storage_key=key,
         original_filename=filename,
@@ -189,28 +144,44 @@ async def accept_upload(
         callback_url=callback_url,
     )
     try:
-        stored = await run_in_threadpool(_insert_row, services, row, not reanalyze)
+        recorded = await services.recorder.record(row, dedup=not reanalyze)
     except Exception:
         log.exception("database write failed")
-        await run_in_threadpool(services.storage.delete, key)
         raise ApiError(
             503, "the database is unavailable; try again shortly", {"Retry-After": RETRY_AFTER_S}
         ) from None
-    if stored is not row:
-        await run_in_threadpool(services.storage.delete, key)
-        return _reuse(services, stored)
+    if recorded is not row:
+        return _reuse(services, recorded)
     image_id = row.id
+    try:
+        await run_in_threadpool(store, key, data, info.content_type)
+    except StorageError as exc:
+        log.error("storage write failed: %s", exc)
+        await _undo(services, image_id, None)
+        raise ApiError(
+            503, "image storage is unavailable; try again shortly", {"Retry-After": RETRY_AFTER_S}
+        ) from None
     event = uploaded_event(row)
     try:
         headers = ce_headers(IMAGE_UPLOADED, SOURCE_API, str(image_id), time=event.uploaded_at)
         await services.producer.send(IMAGE_UPLOADED, str(image_id), event.to_bytes(), headers)
     except DeliveryError as exc:
         log.error("could not emit image.uploaded for %s: %s", image_id, exc)
-        await run_in_threadpool(_delete_row, services, image_id)
-        await run_in_threadpool(services.storage.delete, key)
+        await _undo(services, image_id, key)
         raise ApiError(
             503,
             "the event broker is unavailable; try again shortly",
             {"Retry-After": RETRY_AFTER_S},
         ) from None
     return Accepted(image_id, public_url(settings, image_id, key))
+
+
+async def _undo(services: Services, image_id: int, key: str | None) -> None:
+    """Take back an upload that could not finish: its row, and its object when stored."""
+    try:
+        await run_in_threadpool(_delete_row, services, image_id)
+        if key is not None:
+            await run_in_threadpool(services.storage.delete, key)
+    except Exception:
+        # The reconciler finds a row left behind; say so rather than hide the first failure.
+        log.exception("could not take back upload %s", image_id)

@@ -25,6 +25,9 @@ _FORMATS = {
     "WEBP": ("webp", "image/webp"),
 }
 _WHITE = (255, 255, 255)
+# JPEG markers: start of scan, quantisation tables, and the frame headers (SOF0-15 but DHT, JPG, DAC).
+_SOS, _DQT = 0xDA, 0xDB
+_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _DRAFT_FLOOR = 2048  # the text analyzer's working size; the others look at less
 
 
@@ -76,20 +79,54 @@ def _unsupported_reason(data: bytes) -> str:
 
 
 def probe_image(data: bytes, *, max_pixels: int = 60_000_000) -> ImageInfo:
-    """Check the format, size and integrity of an upload without a full-size decode."""
+    """Check the format, size and integrity of an upload without decoding its pixels where the
+    format's structure tells as much (JPEG markers, PNG chunk checksums)."""
     image = _open(data, max_pixels)
     short_format, content_type = _FORMATS[image.format or ""]
     width, height = image.size
     try:
-        if image.format == "PNG":
+        if image.format == "JPEG":
+            _check_jpeg_scan(data)
+        elif image.format == "PNG":
             image.verify()  # walks every chunk and checks its CRC, without inflating pixels
         else:
-            if image.format == "JPEG":
-                image.draft(None, (max(1, width // 8), max(1, height // 8)))
             image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise DecodeError(f"the image data is truncated or corrupt ({error})") from None
     return ImageInfo(format=short_format, content_type=content_type, width=width, height=height)
+
+
+def _check_jpeg_scan(data: bytes) -> None:
+    """A JPEG must hold well-formed headers, quantisation tables, a frame, and its whole scan.
+
+    Pillow's header reader skips junk between markers and leaves tables to the decoder, so the
+    markers are walked here strictly, up to the first scan. Inside entropy-coded data every 0xFF
+    byte is stuffed (FF 00) or a restart marker, so an FF D9 after the scan starts is the real end
+    of the image: a file cut after its headers has none. Decoding the pixels (2 ms for a 200 KB
+    photo, 14 ms for 12 MP even at 1/8 scale) would tell little more: libjpeg accepts damaged scan
+    data with a warning, and an analyzer that cannot decode its image reports an error.
+    """
+    position, markers = 2, set()
+    while True:
+        if position + 4 > len(data):
+            raise EOFError("the JPEG ends inside its headers")
+        if data[position] != 0xFF:
+            raise SyntaxError(f"the JPEG has no marker where one belongs (byte {position})")
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if length < 2:
+            raise SyntaxError(f"the JPEG has a segment of impossible length (byte {position})")
+        markers.add(marker)
+        position += 2 + length
+        if marker == _SOS:
+            break
+    if _DQT not in markers or not markers & _FRAME_MARKERS:
+        raise SyntaxError("the JPEG lacks its quantisation tables or its frame header")
+    if data.rfind(b"\xff\xd9", position) < 0:
+        raise EOFError("the JPEG scan has no end: the file is cut short")
 
 
 def decode_image(data: bytes, *, max_side: int = 4096, max_pixels: int = 60_000_000) -> np.ndarray:
