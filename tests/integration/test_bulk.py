@@ -313,3 +313,26 @@ def test_uploads_wait_in_kafka_for_a_stopped_worker(
         ).fetchone()[0]
     assert [count for (count,) in counts] == [5] * len(ids), "nothing lost, nothing doubled"
     assert text_ok == len(ids)
+
+
+def test_the_same_new_bytes_sent_at_once_become_one_image(client: httpx.Client, database_url: str) -> None:
+    data = unique_image()
+    batch = client.post("/api/analyze/batch", files=[("images", (f"{i}.jpg", data)) for i in range(4)])
+    batch_ids = {entry["id"] for entry in batch.json()["results"]}
+    other = unique_image()
+    ids: list[int] = []
+
+    def upload() -> None:
+        response = httpx.post(
+            f"{client.base_url}/api/analyze", files={"image": ("same.jpg", other)}, timeout=60
+        )
+        ids.append(response.json()["id"])
+
+    threads = [threading.Thread(target=upload) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(batch_ids) == 1 and len(set(ids)) == 1 and len(ids) == 6
+    assert len(rows_with_sha(database_url, data)) == 1 and len(rows_with_sha(database_url, other)) == 1
+    assert wait_final(client, ids[0], timeout_s=180)["status"] == "completed"

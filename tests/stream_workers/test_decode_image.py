@@ -152,3 +152,33 @@ def test_probe_reports_format_and_size(fmt: str, short: str, content_type: str) 
         30,
         20,
     )
+
+
+def _jpeg_without(data: bytes, marker: int) -> bytes:
+    """The JPEG with every segment of one marker kind cut out (lengths kept consistent)."""
+    position, kept = 2, [data[:2]]
+    while True:
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        segment = data[position : position + 2 + length]
+        if data[position + 1] != marker:
+            kept.append(segment)
+        position += 2 + length
+        if data[position - 2 - length + 1] == 0xDA:
+            return b"".join(kept) + data[position:]
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda data: _jpeg_without(data, 0xDB), "quantisation tables"),
+        (lambda data: data[:20] + b"junk" + data[20:], "no marker"),
+        (lambda data: data[: len(data) - 2], "cut short"),
+        (lambda data: data[:40], "corrupt"),
+    ],
+)
+def test_probe_refuses_jpegs_whose_structure_is_broken_without_decoding(damage, reason: str) -> None:
+    photo = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(photo), "JPEG")
+    probe_image(data)  # the intact file passes
+    with pytest.raises(DecodeError, match=reason):
+        probe_image(damage(data))
