@@ -2,10 +2,15 @@
 
 Starts the embedded broker and ``peek api`` on embedded defaults (SQLite, local storage), no
 workers, and pushes distinct ~200 KB JPEGs through ``POST /api/analyze`` (one image per request)
-and ``POST /api/analyze/batch``, from this process on 127.0.0.1. Prints uploads/s, latency
-percentiles, the ratio to the 300 uploads/s target, and the API's peak memory.
+and ``POST /api/analyze/batch``, from this process on 127.0.0.1, for each number of API processes
+asked for (``PEEK_API_WORKERS``). Prints uploads/s, request latency percentiles, the ratio to the
+300 uploads/s target, the CPU each side used per upload (API, broker, and this load generator,
+which shares the machine), and the API's peak memory.
 
-    .venv/bin/python bench/ingest.py [--quick] [--uploads N] [--concurrency C]
+The requests are built before the clock starts and sent over keep-alive sockets by a lean client
+(bench/_loadgen.py): a general HTTP client would spend more CPU per request than the server.
+
+    .venv/bin/python bench/ingest.py [--quick] [--uploads N] [--concurrency C] [--api-workers 1 2]
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import httpx  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench._corpus import CORPUS, big_jpeg  # noqa: E402
-from bench._procs import tree_peaks  # noqa: E402
+from bench._loadgen import Outcome, multipart_request, send_all  # noqa: E402
+from bench._procs import cpu_seconds, tree_cpu, tree_peaks  # noqa: E402
 from infra.broker import EmbeddedBroker, free_port  # noqa: E402
 from infra.ingest_client import percentile  # noqa: E402
 from infra.kafka import ensure_topics  # noqa: E402
@@ -56,36 +62,31 @@ def variant(base: bytes, number: int) -> bytes:
 
 async def push(url: str, images: list[bytes], concurrency: int, batch: int) -> tuple[float, list[float], int]:
     """Upload every image (``batch`` per request; 1 = the single route); seconds, latencies, refusals."""
-    latencies: list[float] = []
-    refused = 0
+    outcome = await send_all(url, upload_requests(url, images, batch), concurrency, keep_bodies=batch > 1)
+    return outcome.seconds, outcome.latencies, refusals(outcome, batch)
+
+
+def upload_requests(url: str, images: list[bytes], batch: int) -> list[bytes]:
+    """The prepared requests: one image each to the single route, or ``batch`` each to the batch route."""
+    host = url.split("//", 1)[1]
+    if batch == 1:
+        return [multipart_request(host, "/api/analyze", "image", [("p.jpg", data)]) for data in images]
     groups = [images[i : i + batch] for i in range(0, len(images), batch)]
-    queue: asyncio.Queue[list[bytes]] = asyncio.Queue()
-    for group in groups:
-        queue.put_nowait(group)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return [
+        multipart_request(
+            host, "/api/analyze/batch", "images", [(f"p{i}.jpg", d) for i, d in enumerate(group)]
+        )
+        for group in groups
+    ]
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
 
-        async def sender() -> None:
-            nonlocal refused
-            while not queue.empty():
-                group = queue.get_nowait()
-                started = time.perf_counter()
-                if batch == 1:
-                    response = await http.post("/api/analyze", files={"image": ("p.jpg", group[0])})
-                    ok = response.status_code == 202
-                    refused += 0 if ok else 1
-                else:
-                    response = await http.post(
-                        "/api/analyze/batch",
-                        files=[("images", (f"p{i}.jpg", d)) for i, d in enumerate(group)],
-                    )
-                    refused += sum("id" not in entry for entry in response.json()["results"])
-                latencies.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(sender() for _ in range(concurrency)))
-        return time.perf_counter() - started, latencies, refused
+def refusals(outcome: Outcome, batch: int) -> int:
+    """Uploads not accepted: non-202 answers, and refused parts of batch answers."""
+    refused = sum(count for status, count in outcome.statuses.items() if status != 202) * batch
+    for body in outcome.bodies:
+        results = body.get("results")
+        refused += sum("id" not in entry for entry in results) if isinstance(results, list) else 0
+    return refused
 
 
 def start_api(data_dir: Path, bootstrap: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
@@ -115,57 +116,74 @@ def start_api(data_dir: Path, bootstrap: str, workers: int) -> tuple[subprocess.
 
 
 def report(
-    label: str, count: int, seconds: float, latencies: list[float], refused: int, per_request: int
+    label: str, count: int, outcome: Outcome, refused: int, per_request: int, cpu: dict[str, float]
 ) -> None:
-    rate = count / seconds
-    p50, p99 = (percentile(latencies, share) * 1000 for share in (0.5, 0.99))
-    verdict = "meets" if rate >= TARGET_PER_S and p99 < TARGET_P99_MS else "MISSES"
+    rate = count / outcome.seconds
+    p50, p99 = (percentile(outcome.latencies, share) * 1000 for share in (0.5, 0.99))
+    verdict = "meets" if rate >= TARGET_PER_S and p99 < TARGET_P99_MS and not refused else "MISSES"
     print(
-        f"{label:<34} {count:>6} uploads in {seconds:6.2f} s = {rate:6.1f} uploads/s "
+        f"{label:<44} {count:>6} uploads in {outcome.seconds:6.2f} s = {rate:6.1f} uploads/s "
         f"({rate / TARGET_PER_S:.2f}× the {TARGET_PER_S}/s target); request latency p50 {p50:.1f} ms, "
         f"p99 {p99:.1f} ms ({per_request} image/request; {verdict} {TARGET_PER_S}/s with p99 < "
         f"{TARGET_P99_MS} ms){'; REFUSED ' + str(refused) if refused else ''}"
     )
+    print(
+        "  CPU per upload: "
+        + ", ".join(f"{name} {seconds * 1000 / count:.2f} ms" for name, seconds in cpu.items())
+        + f", load generator {outcome.client_cpu_s * 1000 / count:.2f} ms"
+    )
+
+
+def run(url: str, api_pid: int, broker_pid: int, images: list[bytes], concurrency: int, batch: int):
+    """One measured run: the outcome, refusals, and CPU seconds used by the API and the broker."""
+    requests = upload_requests(url, images, batch)
+    api_before = sum(seconds for _, seconds in tree_cpu(api_pid).values())
+    broker_before = cpu_seconds(broker_pid)
+    outcome = asyncio.run(send_all(url, requests, concurrency, keep_bodies=batch > 1))
+    cpu = {
+        "API": sum(seconds for _, seconds in tree_cpu(api_pid).values()) - api_before,
+        "broker": cpu_seconds(broker_pid) - broker_before,
+    }
+    return outcome, refusals(outcome, batch), cpu
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer uploads")
     parser.add_argument("--uploads", type=int, default=None)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--api-workers", type=int, default=None, help="uvicorn worker processes (default 1)")
+    parser.add_argument("--concurrency", type=int, default=16, help="connections of the single-image runs")
+    parser.add_argument(
+        "--api-workers", type=int, nargs="+", default=[1, 2], help="PEEK_API_WORKERS settings"
+    )
     args = parser.parse_args(argv)
-    count = args.uploads or (600 if args.quick else 3000)
+    count = args.uploads or (1500 if args.quick else 6000)
     base = jpeg_near(200_000)
     width, height = Image.open(io.BytesIO(base)).size
     print(
         f"# Ingest alone: {count} distinct {len(base) / 1000:.0f} KB JPEGs ({width}×{height}) per run, "
-        f"embedded broker, SQLite, local storage, {os.cpu_count()} cores, client concurrency {args.concurrency}"
+        f"embedded broker, SQLite, local storage, {os.cpu_count()} cores, single-image runs over "
+        f"{args.concurrency} connections, batches of 16 over 4"
     )
     with tempfile.TemporaryDirectory(prefix="peek-bench-ingest-") as folder, EmbeddedBroker() as broker:
         ensure_topics(broker.bootstrap, 6)
-        api_workers = [args.api_workers or 1]
+        assert broker.process is not None
         serial = 0
-        for workers in api_workers:
+        for workers in args.api_workers:
             data_dir = Path(folder) / f"api{workers}"
             data_dir.mkdir()
             process, url = start_api(data_dir, broker.bootstrap, workers)
             try:
-                warm = [variant(base, -1 - i) for i in range(40)]
+                warm = [variant(base, -1 - i) for i in range(100 * workers)]
                 asyncio.run(push(url, warm, args.concurrency, 1))
-                for batch in (1, 16):
+                for batch, concurrency in ((1, args.concurrency), (16, 4)):
                     images = [variant(base, serial + i) for i in range(count)]
                     serial += count
-                    seconds, latencies, refused = asyncio.run(push(url, images, args.concurrency, batch))
-                    route = "POST /api/analyze" if batch == 1 else "POST /api/analyze/batch"
-                    report(
-                        f"{route} ({workers} API process{'es' if workers > 1 else ''})",
-                        count,
-                        seconds,
-                        latencies,
-                        refused,
-                        batch,
+                    outcome, refused, cpu = run(
+                        url, process.pid, broker.process.pid, images, concurrency, batch
                     )
+                    route = "POST /api/analyze" if batch == 1 else "POST /api/analyze/batch"
+                    processes = f"{workers} API process{'es' if workers > 1 else ''}"
+                    report(f"{route} ({processes})", count, outcome, refused, batch, cpu)
                 peaks = tree_peaks(process.pid)
                 print(
                     "  peak RSS: "
