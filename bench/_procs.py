@@ -37,8 +37,20 @@ def label(pid: int) -> str:
         rest = words[words.index("infra.cli") + 1 :]
         return " ".join(word for word in rest[:3] if not word.startswith("--")) or "peek"
     if any("multiprocessing" in word for word in words):
-        return "analyzer pool process"
+        # Spawned children: uvicorn's worker processes under `peek api`, the analysis pool under
+        # a worker; multiprocessing's resource tracker under either.
+        if any("resource_tracker" in word for word in words):
+            return "resource tracker"
+        parent = _parent_of(pid)
+        return "api process" if parent and label(parent).startswith("api") else "analyzer pool process"
     return Path(words[0]).name if words else f"pid {pid}"
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def peak_rss_mb(pid: int) -> float:

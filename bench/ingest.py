@@ -40,6 +40,7 @@ from infra.settings import embedded_environment  # noqa: E402
 
 TARGET_PER_S = 300
 TARGET_P99_MS = 100
+WARM_UPLOADS = 1000
 
 
 def jpeg_near(size_bytes: int) -> bytes:
@@ -134,6 +135,20 @@ def report(
     )
 
 
+def print_peaks(moment: str, before: dict[int, tuple[str, float]], pid: int) -> None:
+    """Peak RSS of every API process now against ``before``: memory must not grow with uploads."""
+    now = tree_peaks(pid)
+    print(
+        f"  peak RSS {moment}: "
+        + ", ".join(
+            f"{name} {before.get(each, (name, 0.0))[1]:.0f} → {mb:.0f} MB"
+            f" ({mb / max(1.0, before.get(each, (name, 0.0))[1]):.2f}×)"
+            for each, (name, mb) in now.items()
+            if mb > 0
+        )
+    )
+
+
 def run(url: str, api_pid: int, broker_pid: int, images: list[bytes], concurrency: int, batch: int):
     """One measured run: the outcome, refusals, and CPU seconds used by the API and the broker."""
     requests = upload_requests(url, images, batch)
@@ -156,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         "--api-workers", type=int, nargs="+", default=[1, 2], help="PEEK_API_WORKERS settings"
     )
     args = parser.parse_args(argv)
-    count = args.uploads or (1500 if args.quick else 6000)
+    # Full runs: 1,000 warm-up uploads and 9,000 measured, so memory is compared from 1,000 to 10,000.
+    count = args.uploads or (1500 if args.quick else 9000)
     base = jpeg_near(200_000)
     width, height = Image.open(io.BytesIO(base)).size
     print(
@@ -173,8 +189,11 @@ def main(argv: list[str] | None = None) -> None:
             data_dir.mkdir()
             process, url = start_api(data_dir, broker.bootstrap, workers)
             try:
-                warm = [variant(base, -1 - i) for i in range(100 * workers)]
+                # The first 1,000 uploads warm the API up; its peak memory then is the yardstick
+                # for the peak after every upload of the runs.
+                warm = [variant(base, -1 - i - workers * WARM_UPLOADS) for i in range(WARM_UPLOADS)]
                 asyncio.run(push(url, warm, args.concurrency, 1))
+                peaks_warm = tree_peaks(process.pid)
                 for batch, concurrency in ((1, args.concurrency), (16, 4)):
                     images = [variant(base, serial + i) for i in range(count)]
                     serial += count
@@ -184,11 +203,13 @@ def main(argv: list[str] | None = None) -> None:
                     route = "POST /api/analyze" if batch == 1 else "POST /api/analyze/batch"
                     processes = f"{workers} API process{'es' if workers > 1 else ''}"
                     report(f"{route} ({processes})", count, outcome, refused, batch, cpu)
-                peaks = tree_peaks(process.pid)
-                print(
-                    "  peak RSS: "
-                    + ", ".join(f"{name} (pid {pid}) {mb:.0f} MB" for pid, (name, mb) in peaks.items())
-                )
+                    if batch == 1:
+                        print_peaks(
+                            f"after {WARM_UPLOADS:,} → {WARM_UPLOADS + count:,} single uploads",
+                            peaks_warm,
+                            process.pid,
+                        )
+                print_peaks("after the batch run too", peaks_warm, process.pid)
             finally:
                 process.terminate()
                 process.wait(20)
