@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import faust
+from faust.utils.terminal import SpinnerHandler
 
 from infra.settings import Settings
 from schemas.topics import DEAD_LETTER
@@ -16,7 +18,7 @@ log = logging.getLogger(__name__)
 def make_app(app_id: str, settings: Settings) -> faust.App:
     """A Faust app tuned for Peek: no web server, short group timeouts, explicit topics."""
     session_timeout = settings.kafka_session_timeout_s
-    return faust.App(
+    app = faust.App(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         web_enabled=False,
@@ -36,6 +38,34 @@ def make_app(app_id: str, settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
+
+    @app.task
+    async def quiet_debug_records() -> None:
+        """faust.Worker leaves the root logger at DEBUG for its terminal spinner (which it stops
+        once started), so every debug call of aiokafka, faust and mode builds a record that no
+        handler prints: a cost on every request and timer tick. Put the level back to the
+        handlers' own."""
+        levels = [
+            handler.level for handler in logging.root.handlers if not isinstance(handler, SpinnerHandler)
+        ]
+        logging.root.setLevel(min(levels, default=logging.WARNING) or logging.WARNING)
+
+    return app
+
+
+async def take_unacked(
+    stream: faust.StreamT[Any], max_events: int, within_s: float
+) -> AsyncIterator[list[faust.EventT]]:
+    """Batches of up to ``max_events`` events, gathered for ``within_s`` seconds, that the caller
+    acknowledges itself (``await stream.ack(event)``) once their outcome is durable.
+
+    Faust's ``take`` acknowledges a batch when the loop asks for the next one, or when the loop is
+    left by an exception: a crash mid-batch would then lose it. ``noack_take`` leaves the
+    acknowledging to us (it yields the events, though its signature speaks of values).
+    """
+    concrete = cast("faust.Stream[Any]", stream)
+    async for events in concrete.noack_take(max_events, within=within_s):
+        yield cast("list[faust.EventT]", events)
 
 
 async def send_delivered(

@@ -7,7 +7,8 @@ Plain synchronous functions over a database session, a producer and storage; the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,17 +25,22 @@ from schemas.events import AnalysisCompleted, AnalysisPartial
 from schemas.topics import ANALYSIS_COMPLETED, IMAGE_UPLOADED
 from sink.models import PROCESSING, AnalysisResult, Image
 from sink.store import (
+    analyzers_reported,
     fail_image,
     finish_image,
     missing_analyzers,
     overdue_images,
     processing_images,
-    record_partial,
+    record_partials,
     result_view,
     results_of,
+    results_of_images,
     touch,
     uploaded_event,
 )
+from stream_workers.annotate import annotate, encode_jpeg
+from stream_workers.decode import decode_image
+from stream_workers.runner import scale_boxes
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,12 @@ class Aggregator:
     cache: ResultCache
     storage: Storage
     on_completed: list[CompletionHook] = field(default_factory=list)
+    # Threads that wait for deliveries side by side (see _send_all).
+    _senders: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=16, thread_name_prefix="completed-send"),
+        init=False,
+        repr=False,
+    )
 
     def _announce(self, completed: list[tuple[dict[str, Any], str | None]]) -> None:
         """Tell the hooks (long-poll notices, webhooks) about committed completions; a failing hook
@@ -62,49 +74,87 @@ class Aggregator:
                     log.warning("completion hook failed for image %s: %s", view.get("id"), exc)
 
     def apply_partial(self, partial: AnalysisPartial) -> dict[str, Any] | None:
-        """Record a partial; when it is the last one expected, complete the image.
+        """Record one partial; the completed result when it was the last one expected."""
+        completed = self.apply_partials([partial])
+        return completed[0] if completed else None
 
-        Returns the completed result when this call completed the image. A duplicate or late
-        partial changes nothing.
+    def apply_partials(self, partials: Sequence[AnalysisPartial]) -> list[dict[str, Any]]:
+        """Record a batch of partials in one transaction and complete every image whose last
+        expected partial is among them; returns the completed results.
+
+        A duplicate or late partial changes nothing (within the batch too: the first copy counts).
+        All or nothing: when anything fails, nothing is committed or announced and the whole batch
+        can be applied again.
         """
+        firsts: dict[tuple[int, str], AnalysisPartial] = {}
+        for partial in partials:
+            firsts.setdefault((partial.image_id, partial.analyzer), partial)
+        image_ids = sorted({image_id for image_id, _ in firsts})
+        announced: list[tuple[dict[str, Any], str | None]] = []
         with self.sessions.begin() as session:
-            image = session.scalars(
-                select(Image).where(Image.id == partial.image_id).with_for_update()
-            ).first()
-            if image is None:
-                log.warning("partial for unknown image %s ignored", partial.image_id)
-                return None
-            record_partial(session, partial)
-            if image.status != PROCESSING:
-                return None
-            results = results_of(session, image.id)
-            if missing_analyzers(image, results):
-                touch(session, image.id)
-                return None
-            finish_image(session, image, results)
-            view = self._publish(session, image, results)
-            callback_url = image.callback_url
-        self._announce([(view, callback_url)])
-        return view
+            # Locked in id order, so that sinks sharing the work never wait on each other in a circle.
+            images = {
+                image.id: image
+                for image in session.scalars(
+                    select(Image).where(Image.id.in_(image_ids)).order_by(Image.id).with_for_update()
+                )
+            }
+            for image_id in image_ids:
+                if image_id not in images:
+                    log.warning("partial for unknown image %s ignored", image_id)
+            record_partials(session, [p for (image_id, _), p in firsts.items() if image_id in images])
+            open_images = [image for image in images.values() if image.status == PROCESSING]
+            reported = analyzers_reported(session, [image.id for image in open_images])
+            done = [image for image in open_images if not missing_analyzers(image, reported[image.id])]
+            done_ids = {image.id for image in done}
+            touch(session, *(image.id for image in open_images if image.id not in done_ids))
+            results = results_of_images(session, [image.id for image in done])
+            finished = [(image, results[image.id]) for image in done]
+            for image, image_results in finished:
+                finish_image(session, image, image_results)
+            views = self._publish_all(session, finished)
+            announced = [(view, image.callback_url) for view, (image, _) in zip(views, finished, strict=True)]
+        self._announce(announced)
+        return [view for view, _ in announced]
 
     def _publish(self, session: Session, image: Image, results: dict[str, AnalysisResult]) -> dict[str, Any]:
+        return self._publish_all(session, [(image, results)])[0]
+
+    def _publish_all(
+        self, session: Session, finished: list[tuple[Image, dict[str, AnalysisResult]]]
+    ) -> list[dict[str, Any]]:
         """Annotate, emit ``image.analysis.completed`` and cache, inside the completing transaction:
-        if anything fails the transaction rolls back and the partial is processed again."""
-        self._annotate(image)
-        view = result_view(image, results, public_url(self.settings, image.id, image.storage_key))
-        completed = AnalysisCompleted.model_validate(view)
-        # One completion per image, so a stable id lets subscribers drop re-sent copies.
-        headers = ce_headers(
-            ANALYSIS_COMPLETED,
-            SOURCE_SINK,
-            str(image.id),
-            event_id=f"{image.id}.completed",
-            time=image.completed_at,
-        )
-        self.producer.send_sync(ANALYSIS_COMPLETED, str(image.id), completed.to_bytes(), headers)
+        if anything fails the transaction rolls back and the partials are processed again."""
+        if not finished:
+            return []
+        views, messages = [], []
+        for image, results in finished:
+            self._annotate(image)
+            view = result_view(image, results, public_url(self.settings, image.id, image.storage_key))
+            completed = AnalysisCompleted.model_validate(view)
+            # One completion per image, so a stable id lets subscribers drop re-sent copies.
+            headers = ce_headers(
+                ANALYSIS_COMPLETED,
+                SOURCE_SINK,
+                str(image.id),
+                event_id=f"{image.id}.completed",
+                time=image.completed_at,
+            )
+            views.append(view)
+            messages.append((str(image.id), completed.to_bytes(), headers))
+        self._send_all(ANALYSIS_COMPLETED, messages)
         session.flush()
-        self.cache.set(image.id, view, self.settings.result_cache_ttl_s)
-        return view
+        for (image, _), view in zip(finished, views, strict=True):
+            self.cache.set(image.id, view, self.settings.result_cache_ttl_s)
+        return views
+
+    def _send_all(self, topic: str, messages: list[tuple[str, bytes, dict[str, bytes]]]) -> None:
+        """Produce every message and wait for every delivery: the waits overlap, so a batch costs
+        about one broker round trip, not one per message. Raises the first failure."""
+        if len(messages) == 1:
+            self.producer.send_sync(topic, *messages[0])
+            return
+        list(self._senders.map(lambda message: self.producer.send_sync(topic, *message), messages))
 
     def _annotate(self, image: Image) -> None:
         insights = image.insights or {}
@@ -112,10 +162,6 @@ class Aggregator:
         regions = insights.get("text_regions") or [] if insights.get("text_found") else []
         if not faces and not regions:
             return
-        from stream_workers.annotate import annotate, encode_jpeg
-        from stream_workers.decode import decode_image
-        from stream_workers.runner import scale_boxes
-
         try:
             picture = decode_image(self.storage.get(image.storage_key))
             scaled = scale_boxes(

@@ -13,7 +13,7 @@ import faust
 
 from infra.cache import build_cache
 from infra.completions import CompletionPublisher
-from infra.faust_app import dead_letter, make_app
+from infra.faust_app import dead_letter, make_app, take_unacked
 from infra.kafka import EventProducer, ensure_topics
 from infra.metrics import IMAGES_FINISHED, serve_metrics
 from infra.settings import Settings
@@ -27,6 +27,13 @@ from sink.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
+# Partials are merged in batches, one transaction each: up to this many, gathered for this long
+# after the first arrives. Larger batches cost less per partial; the wait adds to completion latency.
+MERGE_BATCH_MAX = 200
+MERGE_GATHER_S = 0.05
+# Widths of the result row's key columns (sink.models.AnalysisResult).
+_NAME_WIDTH = 32
+
 
 def parse_partial(raw: bytes) -> AnalysisPartial | str:
     """The partial, or the reason it can never be processed."""
@@ -36,7 +43,23 @@ def parse_partial(raw: bytes) -> AnalysisPartial | str:
         return f"malformed image.analysis.partial event: {str(exc).splitlines()[0]}"
     if partial.schema_version > SCHEMA_VERSION:
         return f"unknown schema_version {partial.schema_version} (this sink knows {SCHEMA_VERSION})"
+    # A value the database refuses would fail its whole batch again and again: refuse it here.
+    if not 0 < partial.image_id < 2**63:
+        return f"image id {partial.image_id} is out of range"
+    if len(partial.analyzer) > _NAME_WIDTH or len(partial.analyzer_version) > _NAME_WIDTH:
+        return f"analyzer name or version longer than {_NAME_WIDTH} characters"
     return partial
+
+
+async def merge_until_done(aggregator: Aggregator, batch: list[AnalysisPartial]) -> None:
+    """Apply a batch of partials in one transaction, retrying while the database or broker is away."""
+    while batch:
+        try:
+            await asyncio.to_thread(aggregator.apply_partials, batch)
+            return
+        except Exception as exc:
+            log.error("could not merge %s partials (%s); retrying", len(batch), exc)
+            await asyncio.sleep(1.0)
 
 
 def build_sink_app(settings: Settings) -> faust.App:
@@ -73,18 +96,19 @@ def build_sink_app(settings: Settings) -> faust.App:
     @app.agent(partials)
     async def merge(stream: faust.StreamT[bytes]) -> None:
         event_loop[:] = [asyncio.get_running_loop()]
-        async for event in stream.events():
-            parsed = parse_partial(event.value)
-            if isinstance(parsed, str):
-                await dead_letter(app, event, parsed)
-                continue
-            while True:
-                try:
-                    await asyncio.to_thread(aggregator.apply_partial, parsed)
-                    break
-                except Exception as exc:  # database or broker away: retry, keep the offset
-                    log.error("could not merge partial for image %s (%s); retrying", parsed.image_id, exc)
-                    await asyncio.sleep(1.0)
+        # Events are acknowledged by hand, once their batch is committed: a crash mid-batch leaves
+        # its offsets uncommitted, so every partial of it is delivered again.
+        async for events in take_unacked(stream, MERGE_BATCH_MAX, MERGE_GATHER_S):
+            batch = []
+            for event in events:
+                parsed = parse_partial(event.value)
+                if isinstance(parsed, str):
+                    await dead_letter(app, event, parsed)
+                else:
+                    batch.append(parsed)
+            await merge_until_done(aggregator, batch)
+            for event in events:
+                await stream.ack(event)
 
     @app.task
     async def recover_after_broker_restart() -> None:

@@ -6,6 +6,8 @@ docstring says otherwise.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -60,33 +62,60 @@ def _iso(moment: datetime | None) -> str | None:
     return _aware(moment).isoformat() if moment else None
 
 
-def record_partial(session: Session, partial: AnalysisPartial) -> bool:
-    """Store one analyzer's result; a duplicate (same image and analyzer) changes nothing.
-
-    Returns True when the row is new.
-    """
-    values = {
-        "image_id": partial.image_id,
-        "analyzer": partial.analyzer,
-        "analyzer_version": partial.analyzer_version,
-        "status": partial.status,
-        "result": partial.result,
-        "error": partial.error,
-        "elapsed_ms": partial.elapsed_ms,
-        "created_at": utc_now(),
-    }
+def record_partials(session: Session, partials: Sequence[AnalysisPartial]) -> None:
+    """Store analyzers' results in one statement; a duplicate (same image and analyzer, already
+    stored or earlier in ``partials``) changes nothing."""
+    if not partials:
+        return
+    now = utc_now()
+    rows = [
+        {
+            "image_id": partial.image_id,
+            "analyzer": partial.analyzer,
+            "analyzer_version": partial.analyzer_version,
+            "status": partial.status,
+            "result": partial.result,
+            "error": partial.error,
+            "elapsed_ms": partial.elapsed_ms,
+            "created_at": now,
+        }
+        for partial in partials
+    ]
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = insert(AnalysisResult).values(**values).on_conflict_do_nothing()
-    return bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+    session.execute(insert(AnalysisResult).on_conflict_do_nothing(), rows)
 
 
 def results_of(session: Session, image_id: int) -> dict[str, AnalysisResult]:
-    rows = session.scalars(select(AnalysisResult).where(AnalysisResult.image_id == image_id))
-    return {row.analyzer: row for row in rows}
+    return results_of_images(session, [image_id]).get(image_id, {})
 
 
-def missing_analyzers(image: Image, results: dict[str, AnalysisResult]) -> list[str]:
-    return [name for name in image.expected_analyzers if name not in results]
+def results_of_images(session: Session, image_ids: Iterable[int]) -> dict[int, dict[str, AnalysisResult]]:
+    """Each image's results by analyzer, in one query; images without results are absent."""
+    found: dict[int, dict[str, AnalysisResult]] = {}
+    ids = list(image_ids)
+    if not ids:
+        return found
+    for row in session.scalars(select(AnalysisResult).where(AnalysisResult.image_id.in_(ids))):
+        found.setdefault(row.image_id, {})[row.analyzer] = row
+    return found
+
+
+def analyzers_reported(session: Session, image_ids: Iterable[int]) -> defaultdict[int, set[str]]:
+    """The analyzers each image has results from (names only: cheaper than loading the results)."""
+    reported: defaultdict[int, set[str]] = defaultdict(set)
+    ids = list(image_ids)
+    if ids:
+        rows = session.execute(
+            select(AnalysisResult.image_id, AnalysisResult.analyzer).where(AnalysisResult.image_id.in_(ids))
+        )
+        for image_id, analyzer in rows:
+            reported[image_id].add(analyzer)
+    return reported
+
+
+def missing_analyzers(image: Image, reported: Collection[str]) -> list[str]:
+    """The expected analyzers without a result yet; ``reported`` holds analyzer names."""
+    return [name for name in image.expected_analyzers if name not in reported]
 
 
 def merge_insights(results: dict[str, AnalysisResult]) -> dict[str, Any]:
@@ -180,9 +209,15 @@ def processing_images(session: Session, limit: int = 10_000) -> list[Image]:
     )
 
 
-def touch(session: Session, image_id: int, *, attempts_delta: int = 0) -> None:
+def touch(session: Session, *image_ids: int, attempts_delta: int = 0) -> None:
+    """Mark images as progressing now (the reconciler measures overdue from here)."""
+    if not image_ids:
+        return
+    values: dict[str, Any] = {"updated_at": utc_now()}
+    if attempts_delta:
+        values["emit_attempts"] = Image.emit_attempts + attempts_delta
+    # No session objects follow from this update (callers hold none they read afterwards).
     session.execute(
-        update(Image)
-        .where(Image.id == image_id)
-        .values(updated_at=utc_now(), emit_attempts=Image.emit_attempts + attempts_delta)
+        update(Image).where(Image.id.in_(image_ids)).values(**values),
+        execution_options={"synchronize_session": False},
     )

@@ -6,6 +6,7 @@ and lag and scales on its own.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import faust
@@ -27,7 +28,7 @@ def build_worker_app(analyzer_name: str, settings: Settings) -> faust.App:
     partials = app.topic(ANALYSIS_PARTIAL, key_type=bytes, value_type=bytes)
     runner = AnalyzerRunner(
         analyzer_name,
-        build_storage(settings),
+        functools.partial(build_storage, settings),
         processes=settings.worker_processes,
         timeout_s=settings.analyzer_timeout_s,
     )

@@ -1,7 +1,8 @@
 """Running one analyzer on one event, off the event loop, with a time limit.
 
-The CPU work happens in a small process pool: the event loop stays free for heartbeats, and a
-hung analysis can be stopped by replacing the pool.
+The work happens in a small process pool: the event loop stays free for heartbeats, and a hung
+analysis can be stopped by replacing the pool. Each pool process opens storage once and reads
+the image itself, so the image's bytes never pass through the worker's main process.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from infra.storage import ObjectNotFound, Storage
+from infra.storage import ObjectNotFound, Storage, StorageError
 from schemas.events import AnalysisPartial, ImageUploaded
 
 log = logging.getLogger(__name__)
@@ -28,8 +30,13 @@ class PoisonEvent(ValueError):
     """An event that can never be processed; it goes to the dead-letter topic with this reason."""
 
 
-def _warm(analyzer_name: str) -> None:
-    """Pool initializer: load the analyzer (and its models) once per process."""
+# This pool process's storage, opened once by _warm.
+_storage: Storage | None = None
+
+
+def _warm(analyzer_name: str, open_storage: Callable[[], Storage]) -> None:
+    """Pool initializer: open storage and load the analyzer (and its models) once per process."""
+    global _storage
     # Parallelism comes from the pipeline (processes, partitions), not from inside one call:
     # OpenCV's and Tesseract's own threads would only fight the other analyzers for the cores.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
@@ -39,6 +46,14 @@ def _warm(analyzer_name: str) -> None:
     from stream_workers.analyzers import REGISTRY
 
     REGISTRY[analyzer_name]  # noqa: B018 - importing builds the models
+    _storage = open_storage()
+
+
+def analyze_stored(analyzer_name: str, storage_key: str, width: int, height: int) -> dict[str, Any]:
+    """Read the image from storage, then decode and analyse it, in the pool process."""
+    if _storage is None:
+        raise RuntimeError("analyze_stored runs only in a pool started with _warm")
+    return analyze_bytes(analyzer_name, _storage.get(storage_key), width, height)
 
 
 def analyze_bytes(analyzer_name: str, data: bytes, width: int, height: int) -> dict[str, Any]:
@@ -77,11 +92,15 @@ def scale_boxes(result: dict[str, Any], scale_x: float, scale_y: float) -> dict[
 class AnalyzerRunner:
     """Turns ``image.uploaded`` events into ``AnalysisPartial`` events for one analyzer."""
 
-    def __init__(self, analyzer_name: str, storage: Storage, *, processes: int, timeout_s: float) -> None:
+    def __init__(
+        self, analyzer_name: str, open_storage: Callable[[], Storage], *, processes: int, timeout_s: float
+    ) -> None:
+        """``open_storage`` is called once in each pool process, so it must pickle: a class or a
+        ``functools.partial`` of a module-level function, not a lambda."""
         from stream_workers.analyzers import REGISTRY
 
         self.analyzer = REGISTRY[analyzer_name]
-        self.storage = storage
+        self.open_storage = open_storage
         self.processes = processes
         self.timeout_s = timeout_s
         self._pool = self._new_pool()
@@ -89,12 +108,17 @@ class AnalyzerRunner:
     def _new_pool(self) -> Executor:
         if self.processes == 0:
             # In-process threads: for development and failure-injection tests; a hang cannot be killed.
-            return ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"analyze-{self.analyzer.name}")
+            return ThreadPoolExecutor(
+                max_workers=2,
+                thread_name_prefix=f"analyze-{self.analyzer.name}",
+                initializer=_warm,
+                initargs=(self.analyzer.name, self.open_storage),
+            )
         return ProcessPoolExecutor(
             max_workers=self.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_warm,
-            initargs=(self.analyzer.name,),
+            initargs=(self.analyzer.name, self.open_storage),
         )
 
     def _replace_pool(self) -> None:
@@ -126,19 +150,23 @@ class AnalyzerRunner:
         return self.analyzer.name in event.expected_analyzers
 
     async def handle(self, event: ImageUploaded) -> AnalysisPartial:
-        """Analyse the image; any failure becomes an ``error`` partial, never an exception."""
+        """Analyse the image; a failure of the image or the analyzer becomes an ``error`` partial.
+
+        Raises PoisonEvent when the image is gone from storage, and StorageError when storage
+        cannot be read (not the image's fault, so no partial is made for it).
+        """
         started = time.perf_counter()
-        try:
-            data = await asyncio.to_thread(self.storage.get, event.storage_key)
-        except ObjectNotFound:
-            raise PoisonEvent(f"image {event.id} is no longer in storage ({event.storage_key})") from None
         loop = asyncio.get_running_loop()
         try:
             future = loop.run_in_executor(
-                self._pool, analyze_bytes, self.analyzer.name, data, event.width, event.height
+                self._pool, analyze_stored, self.analyzer.name, event.storage_key, event.width, event.height
             )
             result = await asyncio.wait_for(future, self.timeout_s)
             return self._partial(event, started, result=result)
+        except ObjectNotFound:
+            raise PoisonEvent(f"image {event.id} is no longer in storage ({event.storage_key})") from None
+        except StorageError:
+            raise  # storage away: not this image's fault, so no error partial; the worker restarts
         except TimeoutError:
             log.error("%s on image %s passed its %.0f s limit", self.analyzer.name, event.id, self.timeout_s)
             self._replace_pool()

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from infra.broker import EmbeddedBroker
 from infra.cache import build_cache
-from infra.kafka import EventProducer, ensure_topics
+from infra.kafka import DeliveryError, EventProducer, ensure_topics
 from infra.settings import Settings
 from infra.storage import build_storage
 from schemas.events import AnalysisPartial
@@ -201,3 +201,85 @@ def test_reconciler_re_emits_missing_analyzers_then_gives_up(aggregator: Aggrega
         image = session.get(Image, image_id)
         assert image.status == "completed" and image.insights["brightness"] == 3.0
         assert "quality, faces, text, scene did not report" in image.error
+
+
+def all_partials(image_id: int) -> list[AnalysisPartial]:
+    return [
+        ok(image_id, "colors", dominant_colors=["#102030"], brightness=120.0),
+        ok(
+            image_id, "quality", sharpness_score=5.0, blur_level="low", contrast_score=9.0, quality_score=80.0
+        ),
+        ok(image_id, "faces", faces_detected=0, face_locations=[]),
+        ok(image_id, "text", text_found=False, extracted_text="", word_count=0),
+        ok(image_id, "scene", scene_type="outdoor", scene_confidence=0.9),
+    ]
+
+
+def result_rows(aggregator: Aggregator, image_id: int) -> dict[str, AnalysisResult]:
+    with aggregator.sessions() as session:
+        rows = session.scalars(select(AnalysisResult).where(AnalysisResult.image_id == image_id))
+        return {row.analyzer: row for row in rows}
+
+
+def test_a_batch_with_every_partial_and_a_duplicate_completes_the_image_once(
+    aggregator: Aggregator, kafka_bootstrap
+) -> None:
+    image_id, other_id = new_image(aggregator), new_image(aggregator)
+    partials = all_partials(image_id)
+    # A duplicate with other content inside the batch (the first copy counts), and partials of
+    # an image that stays unfinished, mixed in.
+    batch = [
+        partials[0],
+        ok(other_id, "colors", brightness=7.0),
+        *partials[1:3],
+        ok(image_id, "colors", brightness=1.0),
+        *partials[3:],
+        ok(other_id, "scene", scene_type="indoor", scene_confidence=0.5),
+    ]
+    completed = aggregator.apply_partials(batch)
+    assert [view["id"] for view in completed] == [image_id]
+    assert completed[0]["status"] == "completed"
+    assert completed[0]["insights"]["brightness"] == 120.0
+    assert completed[0]["insights"]["scene_type"] == "outdoor"
+    assert set(result_rows(aggregator, image_id)) == set(ANALYZERS)
+    assert result_rows(aggregator, image_id)["colors"].result["brightness"] == 120.0
+    assert set(result_rows(aggregator, other_id)) == {"colors", "scene"}
+    # The whole batch again, as a redelivery after a crash would bring it: nothing changes.
+    assert aggregator.apply_partials(batch) == []
+    with aggregator.sessions() as session:
+        assert session.get(Image, image_id).status == "completed"
+        assert session.get(Image, other_id).status == "processing"
+    assert aggregator.cache.get(image_id)["insights"]["brightness"] == 120.0
+    events = completed_events(aggregator.settings.kafka_bootstrap_servers, image_id)
+    assert len(events) == 1 and events[0]["insights"]["scene_type"] == "outdoor"
+    assert completed_events(aggregator.settings.kafka_bootstrap_servers, other_id) == []
+
+
+def test_a_failure_while_applying_a_batch_keeps_none_of_it_and_loses_none_of_it(
+    aggregator: Aggregator, kafka_bootstrap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image_id, other_id = new_image(aggregator), new_image(aggregator)
+    batch = [*all_partials(image_id), ok(other_id, "colors", brightness=7.0)]
+    announced: list[int] = []
+    monkeypatch.setattr(aggregator, "on_completed", [lambda view, _url: announced.append(view["id"])])
+
+    # Failure injection: the broker refuses the completion event, after the batch's rows are
+    # written inside the transaction.
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise DeliveryError("broker refused the event: injected")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(aggregator.producer, "send_sync", refuse)
+        with pytest.raises(DeliveryError):
+            aggregator.apply_partials(batch)
+    # All or nothing: no partial of the batch is kept, no image finished, nothing announced.
+    assert result_rows(aggregator, image_id) == {} and result_rows(aggregator, other_id) == {}
+    with aggregator.sessions() as session:
+        assert session.get(Image, image_id).status == "processing"
+    assert aggregator.cache.get(image_id) is None and announced == []
+    # The batch applied again (the sink retries it; its offsets were never committed) completes.
+    completed = aggregator.apply_partials(batch)
+    assert [view["id"] for view in completed] == [image_id] and announced == [image_id]
+    assert set(result_rows(aggregator, image_id)) == set(ANALYZERS)
+    assert set(result_rows(aggregator, other_id)) == {"colors"}
+    assert len(completed_events(aggregator.settings.kafka_bootstrap_servers, image_id)) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def event_for(storage: LocalStorage, corpus: Path, name: str, analyzers_wanted: 
 
 def test_runner_analyses_in_a_process_pool(tmp_path: Path, corpus: Path) -> None:
     storage = LocalStorage(tmp_path)
-    runner = AnalyzerRunner("faces", storage, processes=1, timeout_s=60)
+    runner = AnalyzerRunner("faces", functools.partial(LocalStorage, tmp_path), processes=1, timeout_s=60)
     try:
         event = event_for(storage, corpus, "basketball2.png", ["faces"])
         partial = asyncio.run(runner.handle(event))
@@ -55,7 +56,7 @@ def test_an_analyzer_that_raises_produces_an_error_partial(
     broken = analyzers.Analyzer("scene", "9", ("scene_type",), explode)
     monkeypatch.setitem(analyzers.REGISTRY, "scene", broken)
     storage = LocalStorage(tmp_path)
-    runner = AnalyzerRunner("scene", storage, processes=0, timeout_s=30)
+    runner = AnalyzerRunner("scene", functools.partial(LocalStorage, tmp_path), processes=0, timeout_s=30)
     try:
         partial = asyncio.run(runner.handle(event_for(storage, corpus, "apple.jpg", ["scene"])))
     finally:
@@ -74,7 +75,7 @@ def test_a_hanging_analyzer_is_cut_off_at_its_time_limit(
         analyzers.Analyzer("colors", "9", ("brightness",), lambda _image: time.sleep(3)),
     )
     storage = LocalStorage(tmp_path)
-    runner = AnalyzerRunner("colors", storage, processes=0, timeout_s=0.5)
+    runner = AnalyzerRunner("colors", functools.partial(LocalStorage, tmp_path), processes=0, timeout_s=0.5)
     try:
         partial = asyncio.run(runner.handle(event_for(storage, corpus, "apple.jpg", ["colors"])))
     finally:
@@ -95,7 +96,7 @@ def test_undecodable_bytes_give_an_error_partial_in_words(tmp_path: Path) -> Non
         sha256="x",
         expected_analyzers=["quality"],
     )
-    runner = AnalyzerRunner("quality", storage, processes=0, timeout_s=30)
+    runner = AnalyzerRunner("quality", functools.partial(LocalStorage, tmp_path), processes=0, timeout_s=30)
     try:
         partial = asyncio.run(runner.handle(event))
     finally:
@@ -104,7 +105,7 @@ def test_undecodable_bytes_give_an_error_partial_in_words(tmp_path: Path) -> Non
 
 
 def test_poison_events_are_named_as_such(tmp_path: Path) -> None:
-    runner = AnalyzerRunner("quality", LocalStorage(tmp_path), processes=0, timeout_s=30)
+    runner = AnalyzerRunner("quality", functools.partial(LocalStorage, tmp_path), processes=0, timeout_s=30)
     try:
         with pytest.raises(PoisonEvent, match="malformed"):
             runner.parse(b"{not json")
