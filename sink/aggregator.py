@@ -28,6 +28,7 @@ from sink.store import (
     analyzers_reported,
     fail_image,
     finish_image,
+    lock_images,
     missing_analyzers,
     overdue_images,
     processing_images,
@@ -86,19 +87,14 @@ class Aggregator:
         All or nothing: when anything fails, nothing is committed or announced and the whole batch
         can be applied again.
         """
+        if not partials:
+            return []
         firsts: dict[tuple[int, str], AnalysisPartial] = {}
         for partial in partials:
             firsts.setdefault((partial.image_id, partial.analyzer), partial)
         image_ids = sorted({image_id for image_id, _ in firsts})
-        announced: list[tuple[dict[str, Any], str | None]] = []
         with self.sessions.begin() as session:
-            # Locked in id order, so that sinks sharing the work never wait on each other in a circle.
-            images = {
-                image.id: image
-                for image in session.scalars(
-                    select(Image).where(Image.id.in_(image_ids)).order_by(Image.id).with_for_update()
-                )
-            }
+            images = lock_images(session, image_ids)
             for image_id in image_ids:
                 if image_id not in images:
                     log.warning("partial for unknown image %s ignored", image_id)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -62,6 +62,37 @@ def _iso(moment: datetime | None) -> str | None:
     return _aware(moment).isoformat() if moment else None
 
 
+# The batch statements are built once and bind their image ids as one expanding parameter:
+# building an IN of literal values, or going through the ORM's bulk paths, costs more than running them.
+_RESULTS = cast(Table, AnalysisResult.__table__)
+_IMAGES = cast(Table, Image.__table__)
+_LOCK_IMAGES = (
+    select(Image).where(Image.id.in_(bindparam("ids", expanding=True))).order_by(Image.id).with_for_update()
+)
+_RECORD = {
+    "postgresql": pg_insert(_RESULTS).on_conflict_do_nothing(),
+    "sqlite": sqlite_insert(_RESULTS).on_conflict_do_nothing(),
+}
+_REPORTED = select(_RESULTS.c.image_id, _RESULTS.c.analyzer).where(
+    _RESULTS.c.image_id.in_(bindparam("ids", expanding=True))
+)
+_RESULT_ROWS = select(AnalysisResult).where(AnalysisResult.image_id.in_(bindparam("ids", expanding=True)))
+_TOUCH = (
+    update(_IMAGES)
+    .where(_IMAGES.c.id.in_(bindparam("ids", expanding=True)))
+    .values(updated_at=bindparam("now"), emit_attempts=_IMAGES.c.emit_attempts + bindparam("delta"))
+)
+
+
+def lock_images(session: Session, image_ids: Iterable[int]) -> dict[int, Image]:
+    """The images with these ids that exist, locked for this transaction in id order (so that
+    sinks sharing the work never wait on each other in a circle)."""
+    ids = list(image_ids)
+    if not ids:
+        return {}
+    return {image.id: image for image in session.scalars(_LOCK_IMAGES, {"ids": ids})}
+
+
 def record_partials(session: Session, partials: Sequence[AnalysisPartial]) -> None:
     """Store analyzers' results in one statement; a duplicate (same image and analyzer, already
     stored or earlier in ``partials``) changes nothing."""
@@ -81,8 +112,7 @@ def record_partials(session: Session, partials: Sequence[AnalysisPartial]) -> No
         }
         for partial in partials
     ]
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(insert(AnalysisResult).on_conflict_do_nothing(), rows)
+    session.execute(_RECORD[session.get_bind().dialect.name], rows)
 
 
 def results_of(session: Session, image_id: int) -> dict[str, AnalysisResult]:
@@ -93,10 +123,9 @@ def results_of_images(session: Session, image_ids: Iterable[int]) -> dict[int, d
     """Each image's results by analyzer, in one query; images without results are absent."""
     found: dict[int, dict[str, AnalysisResult]] = {}
     ids = list(image_ids)
-    if not ids:
-        return found
-    for row in session.scalars(select(AnalysisResult).where(AnalysisResult.image_id.in_(ids))):
-        found.setdefault(row.image_id, {})[row.analyzer] = row
+    if ids:
+        for row in session.scalars(_RESULT_ROWS, {"ids": ids}):
+            found.setdefault(row.image_id, {})[row.analyzer] = row
     return found
 
 
@@ -105,10 +134,7 @@ def analyzers_reported(session: Session, image_ids: Iterable[int]) -> defaultdic
     reported: defaultdict[int, set[str]] = defaultdict(set)
     ids = list(image_ids)
     if ids:
-        rows = session.execute(
-            select(AnalysisResult.image_id, AnalysisResult.analyzer).where(AnalysisResult.image_id.in_(ids))
-        )
-        for image_id, analyzer in rows:
+        for image_id, analyzer in session.execute(_REPORTED, {"ids": ids}):
             reported[image_id].add(analyzer)
     return reported
 
@@ -210,14 +236,9 @@ def processing_images(session: Session, limit: int = 10_000) -> list[Image]:
 
 
 def touch(session: Session, *image_ids: int, attempts_delta: int = 0) -> None:
-    """Mark images as progressing now (the reconciler measures overdue from here)."""
-    if not image_ids:
-        return
-    values: dict[str, Any] = {"updated_at": utc_now()}
-    if attempts_delta:
-        values["emit_attempts"] = Image.emit_attempts + attempts_delta
-    # No session objects follow from this update (callers hold none they read afterwards).
-    session.execute(
-        update(Image).where(Image.id.in_(image_ids)).values(**values),
-        execution_options={"synchronize_session": False},
-    )
+    """Mark images as progressing now (the reconciler measures overdue from here).
+
+    A plain table update: Image objects already loaded in the session keep their old values.
+    """
+    if image_ids:
+        session.execute(_TOUCH, {"ids": list(image_ids), "now": utc_now(), "delta": attempts_delta})

@@ -39,7 +39,8 @@ def _aggregator(
         **{
             "DATABASE_URL": database_url,
             "REDIS_URL": pipeline_env["REDIS_URL"],
-            "PEEK_REDIS_NAMESPACE": "peek-aggregator-test",
+            # Its own Redis keys too: image ids restart at 1 in every new database.
+            "PEEK_REDIS_NAMESPACE": f"peek-aggregator-test-{uuid.uuid4().hex[:8]}",
             "S3_ENDPOINT_URL": pipeline_env["S3_ENDPOINT_URL"],
             "R2_BUCKET_NAME": "peek-test",
             "R2_ACCESS_KEY_ID": "test",

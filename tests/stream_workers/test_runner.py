@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.storage import LocalStorage
+from infra.storage import LocalStorage, StorageError
 from schemas.events import ImageUploaded
 from stream_workers import analyzers
 from stream_workers.runner import AnalyzerRunner, PoisonEvent
@@ -126,5 +126,26 @@ def test_poison_events_are_named_as_such(tmp_path: Path) -> None:
         )
         with pytest.raises(PoisonEvent, match="no longer in storage"):
             asyncio.run(runner.handle(missing))
+    finally:
+        runner.close()
+
+
+class UnreachableStorage(LocalStorage):
+    """Failure injection: storage that is away (every read fails as S3 does when it is down)."""
+
+    def get(self, key: str) -> bytes:
+        raise StorageError(f"could not read {key}: connection refused")
+
+
+def test_storage_away_is_not_blamed_on_the_image(tmp_path: Path, corpus: Path) -> None:
+    # The pool reads the image itself; a storage outage must reach the worker as an error of its
+    # own (the worker restarts and the event is read again), never become an error partial.
+    event = event_for(LocalStorage(tmp_path), corpus, "apple.jpg", ["quality"])
+    runner = AnalyzerRunner(
+        "quality", functools.partial(UnreachableStorage, tmp_path), processes=1, timeout_s=60
+    )
+    try:
+        with pytest.raises(StorageError, match="connection refused"):
+            asyncio.run(runner.handle(event))
     finally:
         runner.close()
