@@ -6,9 +6,13 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from infra.settings import ALL_ANALYZERS, Settings, get_settings
 
@@ -26,26 +30,66 @@ def _log_setup(level: str) -> None:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ingest_api.app import create_app
-
     settings = get_settings()
     _require_broker(settings, wait=False)
-    # Several worker processes need the app as an import string; one process gets the object.
-    app: object = create_app(settings)
-    if settings.api_workers > 1:
-        app = "ingest_api.app:create_app"
-    uvicorn.run(
-        app,  # type: ignore[arg-type]
-        factory=settings.api_workers > 1,
-        workers=settings.api_workers,
-        host=args.host,
-        port=args.port,
-        log_level=os.environ.get("PEEK_LOG_LEVEL", "info").lower(),
-        access_log=os.environ.get("PEEK_ACCESS_LOG", "0") == "1",
-        timeout_keep_alive=30,
-        limit_concurrency=int(os.environ.get("PEEK_API_MAX_CONNECTIONS", "1000")),
-    )
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": os.environ.get("PEEK_LOG_LEVEL", "info").lower(),
+        "access_log": os.environ.get("PEEK_ACCESS_LOG", "0") == "1",
+        "timeout_keep_alive": 30,
+        "limit_concurrency": int(os.environ.get("PEEK_API_MAX_CONNECTIONS", "1000")),
+    }
+    if settings.api_workers <= 1:
+        from ingest_api.app import create_app
+
+        uvicorn.run(create_app(settings), **options)
+        return 0
+
+    from sink.db import make_engine, migrate
+
+    # Once here, before the workers start together: two alembic runs on a new SQLite file would
+    # race; each worker's own migrate then finds the schema current.
+    engine = make_engine(settings.effective_database_url)
+    migrate(engine)
+    engine.dispose()
+    with _multiprocess_metrics_dir():
+        # Several processes need the app as an import string. uvicorn SIGKILLs a worker that misses
+        # its health check, dropping that worker's connections; its 5 s default can be missed on a
+        # saturated 2-core machine, and a worker that is truly hung is still replaced after 30 s.
+        uvicorn.run(
+            "ingest_api.app:create_app",
+            factory=True,
+            workers=settings.api_workers,
+            timeout_worker_healthcheck=30,
+            # Workers stop within 10 s of SIGTERM (long polls cut short), so that the parent is
+            # gone before `peek up` would SIGKILL it and leave its workers holding the port.
+            timeout_graceful_shutdown=10,
+            **options,
+        )
     return 0
+
+
+@contextmanager
+def _multiprocess_metrics_dir() -> Iterator[Path]:
+    """A fresh, empty folder where every API process writes its metrics (prometheus_client's
+    multiprocess mode), named in PROMETHEUS_MULTIPROC_DIR for the workers before they import
+    prometheus_client; removed at exit. A folder already named there is emptied and kept."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):  # an earlier run's numbers would add to this run's
+            stale.unlink()
+        yield folder
+        return
+    folder = Path(tempfile.mkdtemp(prefix="peek-api-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run_faust(app: faust.App) -> int:

@@ -118,3 +118,9 @@ def register_lag_collector(bootstrap: str, analyzer_names: Iterable[str]) -> Con
     REGISTRY.register(collector)
     _lag_collector.append(collector)
     return collector
+
+
+def current_lag_collector() -> ConsumerLagCollector | None:
+    """The collector registered by ``register_lag_collector``, for a registry of one's own (the
+    API's with several processes); None when there is none."""
+    return _lag_collector[-1] if _lag_collector else None

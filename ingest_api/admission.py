@@ -43,8 +43,16 @@ BACKLOG_RETRY_AFTER_S = 10
 IN_FLIGHT_RETRY_AFTER_S = 1
 
 REFUSED = Counter("peek_uploads_refused_total", "Upload requests refused by admission control", ["reason"])
-BACKLOG = Gauge("peek_analysis_backlog", "Images processing, as admission control last counted (capped)")
-IN_FLIGHT = Gauge("peek_uploads_in_flight", "Upload requests this API process is handling")
+# With several API processes: the backlog as counted last by any of them (each counts the same
+# database), and the in-flight uploads of the processes alive summed.
+BACKLOG = Gauge(
+    "peek_analysis_backlog",
+    "Images processing, as admission control last counted (capped)",
+    multiprocess_mode="mostrecent",
+)
+IN_FLIGHT = Gauge(
+    "peek_uploads_in_flight", "Upload requests the API processes are handling", multiprocess_mode="livesum"
+)
 
 
 class Admission:

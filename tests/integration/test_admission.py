@@ -126,10 +126,10 @@ def test_a_full_backlog_refuses_uploads_until_the_workers_drain_it(peek, corpus:
 
 @pytest.fixture
 def one_at_a_time(peek, tmp_path: Path) -> Iterator[services.PeekProcesses]:
-    """A second API on the same services that takes one upload at a time (no backlog bound)."""
-    api = services.PeekProcesses(
-        {**peek.env, "PEEK_MAX_BACKLOG": "0", "PEEK_MAX_UPLOADS_IN_FLIGHT": "1"}, tmp_path / "logs"
-    )
+    """A second API on the same services that takes one upload at a time (no backlog bound); one
+    process, since the bound is each process's."""
+    settings = {"PEEK_MAX_BACKLOG": "0", "PEEK_MAX_UPLOADS_IN_FLIGHT": "1", "PEEK_API_WORKERS": "1"}
+    api = services.PeekProcesses({**peek.env, **settings}, tmp_path / "logs")
     try:
         api.start_api()
         yield api
