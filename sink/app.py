@@ -11,7 +11,7 @@ from typing import Any
 
 import faust
 
-from infra.cache import build_cache
+from infra.cache import MemoryCache, build_cache
 from infra.completions import CompletionPublisher
 from infra.faust_app import dead_letter, make_app, take_unacked
 from infra.kafka import EventProducer, ensure_topics
@@ -71,7 +71,11 @@ def build_sink_app(settings: Settings) -> faust.App:
         settings=settings,
         sessions=make_sessionmaker(engine),
         producer=EventProducer(settings.kafka_bootstrap_servers),
-        cache=build_cache(settings.redis_url, settings.redis_namespace),
+        # Without Redis the API keeps its own in-process cache: a copy in this process would be
+        # read by no one and only grow, so the sink then writes to none.
+        cache=build_cache(settings.redis_url, settings.redis_namespace)
+        if settings.redis_url
+        else MemoryCache(max_items=0),
         storage=build_storage(settings),
     )
     serve_metrics(settings.metrics_port, "sink")
