@@ -14,10 +14,9 @@ Prints the pipeline's ratio to (1) (target ≥ 10×) and to (2) (target ≥ 0.85
 kind of process spends per image (where the pipeline's own cost goes), and its peak memory.
 
 ``--memory`` instead runs one ``peek up`` through 1,000 and then 10,000 small distinct images, 500
-at a time (the
-corpus shrunk to 96 px: the run is about counts, not pixels; about 10 minutes here, where the
-colour analyzer's clustering, a cost per image whatever its size, sets the pace) and prints each
-kind of process's peak memory at both counts and their ratio: flat means ≈ 1.
+at a time (the corpus shrunk to 96 px: the run is about counts, not pixels; about 8 minutes here,
+where the colour analyzer's clustering, a cost per image whatever its size, sets the pace) and
+prints each kind of process's peak memory at both counts and their ratio: flat means ≈ 1.
 
     .venv/bin/python bench/pipeline.py [--quick] [--images 1000 10000] [--worker-processes 1 2]
     .venv/bin/python bench/pipeline.py --memory
