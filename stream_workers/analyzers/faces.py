@@ -16,9 +16,9 @@ import numpy as np
 from stream_workers.analyzers._image import gray, shrink
 
 FIELDS = ("faces_detected", "face_locations")
-VERSION = "3"
+VERSION = "4"
 
-_WORKING_SIDE = 480
+_WORKING_SIDE = 420
 DECODE_SIDE = _WORKING_SIDE
 _MIN_FACE = 24  # the cascade's own window: smallest face it can see, at working size
 _EYE_ZONE_WIDTH = 96
@@ -44,10 +44,12 @@ def analyze(image: np.ndarray) -> dict:
     luma = gray(small)
     if min(luma.shape) < _MIN_FACE:
         return {"faces_detected": 0, "face_locations": []}
-    # A coarser pyramid (1.15 rather than the earlier API's 1.1) costs a quarter less time; the
-    # second opinion below makes up for the one neighbour fewer asked of each proposal.
+    # A coarser pyramid than the earlier API's (1.2 rather than 1.1, at 420 px rather than full
+    # size) and fewer neighbours asked of each proposal: the proposal pass costs 26 ms instead of
+    # 44 ms at 480 px and 1.15, and the second opinion below removes what the laxer pass lets in.
+    # Measured on the corpus labels: 1.18-1.2, 2-3 neighbours and 400-440 px all count every face.
     proposals = _cascade("frontalface_default").detectMultiScale(
-        luma, scaleFactor=1.15, minNeighbors=4, minSize=(_MIN_FACE, _MIN_FACE)
+        luma, scaleFactor=1.2, minNeighbors=3, minSize=(_MIN_FACE, _MIN_FACE)
     )
     locations = [
         {
