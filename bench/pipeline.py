@@ -18,7 +18,7 @@ at a time (the corpus shrunk to 96 px: the run is about counts, not pixels; abou
 where the colour analyzer's clustering, a cost per image whatever its size, sets the pace) and
 prints each kind of process's peak memory at both counts and their ratio: flat means ≈ 1.
 
-    .venv/bin/python bench/pipeline.py [--quick] [--images 1000 10000] [--worker-processes 1 2]
+    .venv/bin/python bench/pipeline.py [--quick] [--images 1000 10000] [--worker-processes 1 2 1,text=2]
     .venv/bin/python bench/pipeline.py --memory
 """
 
@@ -48,9 +48,10 @@ from bench._corpus import load_corpus  # noqa: E402
 from bench._procs import children_of, label, peak_rss_mb, tree_cpu, tree_peaks  # noqa: E402
 from bench.ingest import push, variant  # noqa: E402
 from infra.broker import free_port  # noqa: E402
-from infra.settings import embedded_environment  # noqa: E402
+from infra.settings import Settings, embedded_environment  # noqa: E402
 
 CORES = os.cpu_count() or 1
+DEFAULT_PROCESSES = Settings.model_fields["worker_processes"].default
 
 
 def corpus_jpegs() -> list[bytes]:
@@ -152,11 +153,11 @@ def warm_up(peek: PeekUp, images: list[bytes]) -> None:
 
 
 def run_pipeline(
-    images: list[bytes], count: int, worker_processes: int, folder: Path
+    images: list[bytes], count: int, worker_processes: str, folder: Path
 ) -> tuple[float, int, int, dict[int, tuple[str, float]]]:
     """Seconds from first upload to last completed, images finished, failed, and peak memory."""
-    data_dir = folder / f"up-{count}-{worker_processes}"
-    peek = PeekUp(data_dir, {"PEEK_WORKER_PROCESSES": str(worker_processes)})
+    data_dir = folder / f"up-{count}-{worker_processes.replace(',', '-').replace('=', '')}"
+    peek = PeekUp(data_dir, {"PEEK_WORKER_PROCESSES": worker_processes})
     try:
         warm_up(peek, images)
         done_before = peek.finished()[0]
@@ -297,7 +298,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="150 images through the pipeline")
     parser.add_argument("--images", type=int, nargs="+", default=None, help="image counts to push")
-    parser.add_argument("--worker-processes", type=int, nargs="+", default=None)
+    parser.add_argument(
+        "--worker-processes",
+        nargs="+",
+        default=None,
+        help="PEEK_WORKER_PROCESSES settings to compare (default: 1, 2 and the default setting)",
+    )
     parser.add_argument(
         "--memory", action="store_true", help="peak memory from 1,000 to 10,000 images (no rates)"
     )
@@ -307,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
             run_memory(corpus_jpegs(), Path(folder))
         return
     counts = args.images or ([150] if args.quick else [1000, 10000])
-    worker_settings = args.worker_processes or [1, 2]
+    worker_settings = args.worker_processes or ["1", "2", DEFAULT_PROCESSES]
     images = corpus_jpegs()
     print(
         f"# Pipeline vs analyzers alone vs the earlier sequential method: {len(images)} corpus images "

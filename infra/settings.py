@@ -29,6 +29,23 @@ def embedded_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name, value in environ.items() if name not in SERVICE_VARIABLES}
 
 
+def parse_process_counts(text: str) -> tuple[int, dict[str, int]]:
+    """``"1,text=2"`` → (1, {"text": 2}): a count for every analyzer, then counts of named ones."""
+    default, by_analyzer = 1, {}
+    for item in filter(None, (part.strip() for part in str(text).split(","))):
+        name, _, count = item.rpartition("=")
+        if not count.strip().isdigit() or (name and name.strip() not in ALL_ANALYZERS):
+            raise ValueError(
+                f"PEEK_WORKER_PROCESSES takes a count and analyzer=count pairs (analyzers: "
+                f"{', '.join(ALL_ANALYZERS)}), not {item!r}"
+            )
+        if name:
+            by_analyzer[name.strip()] = int(count)
+        else:
+            default = int(count)
+    return default, by_analyzer
+
+
 class Settings(BaseSettings):
     """Configuration; names kept from the earlier Peek API where it had them."""
 
@@ -74,7 +91,10 @@ class Settings(BaseSettings):
     analyzers: str = Field(",".join(ALL_ANALYZERS), validation_alias=AliasChoices("PEEK_ANALYZERS"))
     topic_partitions: int = Field(6, validation_alias=AliasChoices("PEEK_TOPIC_PARTITIONS"))
     worker_concurrency: int = Field(2, validation_alias=AliasChoices("PEEK_WORKER_CONCURRENCY"))
-    worker_processes: int = Field(1, validation_alias=AliasChoices("PEEK_WORKER_PROCESSES"))
+    # Analysis processes per analyzer worker: "N" for every analyzer, "N,text=M,..." to give some
+    # their own count, 0 for in-process threads. Text costs about half of all analysis, so it gets
+    # two processes by default (bench/pipeline.py: 1 for all, 2 for all, and this, compared).
+    worker_processes: str = Field("1,text=2", validation_alias=AliasChoices("PEEK_WORKER_PROCESSES"))
     analyzer_timeout_s: float = Field(60.0, validation_alias=AliasChoices("PEEK_ANALYZER_TIMEOUT_S"))
     kafka_session_timeout_s: float = Field(6.0, validation_alias=AliasChoices("PEEK_KAFKA_SESSION_TIMEOUT_S"))
     reconcile_interval_s: float = Field(10.0, validation_alias=AliasChoices("PEEK_RECONCILE_INTERVAL_S"))
@@ -114,6 +134,17 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("worker_processes")
+    @classmethod
+    def _process_counts(cls, value: str) -> str:
+        parse_process_counts(value)
+        return value
+
+    def processes_for(self, analyzer: str) -> int:
+        """Analysis processes of one analyzer's worker (PEEK_WORKER_PROCESSES)."""
+        default, by_analyzer = parse_process_counts(self.worker_processes)
+        return by_analyzer.get(analyzer, default)
 
     @property
     def analyzer_names(self) -> list[str]:

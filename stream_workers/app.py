@@ -29,7 +29,7 @@ def build_worker_app(analyzer_name: str, settings: Settings) -> faust.App:
     runner = AnalyzerRunner(
         analyzer_name,
         functools.partial(build_storage, settings),
-        processes=settings.worker_processes,
+        processes=settings.processes_for(analyzer_name),
         timeout_s=settings.analyzer_timeout_s,
     )
 
