@@ -114,12 +114,17 @@ class AnalyzerRunner:
                 initializer=_warm,
                 initargs=(self.analyzer.name, self.open_storage),
             )
-        return ProcessPoolExecutor(
+        pool = ProcessPoolExecutor(
             max_workers=self.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_warm,
             initargs=(self.analyzer.name, self.open_storage),
         )
+        # Start every process now (the pool starts one per submission while none is idle), so
+        # models load before the first events rather than in front of them.
+        for _ in range(self.processes):
+            pool.submit(os.getpid)
+        return pool
 
     def _replace_pool(self) -> None:
         """Stop a pool whose work hangs: kill its processes, start a fresh one."""

@@ -46,6 +46,18 @@ def test_runner_analyses_in_a_process_pool(tmp_path: Path, corpus: Path) -> None
     assert 0 <= box["x"] < event.width and 0 <= box["y"] < event.height
 
 
+def test_every_analysis_process_starts_before_the_first_event(tmp_path: Path) -> None:
+    runner = AnalyzerRunner("scene", functools.partial(LocalStorage, tmp_path), processes=2, timeout_s=60)
+    try:
+        pool = runner._pool
+        deadline = time.monotonic() + 60
+        while len(getattr(pool, "_processes", None) or {}) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(pool._processes) == 2  # type: ignore[attr-defined]
+    finally:
+        runner.close()
+
+
 def test_an_analyzer_that_raises_produces_an_error_partial(
     tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
