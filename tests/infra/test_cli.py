@@ -49,3 +49,14 @@ def test_peek_analyze_prints_one_json_object_per_file(corpus: Path, tmp_path: Pa
             "word_count",
             "face_locations",
         } <= set(record)
+
+
+def test_faust_apps_run_on_uvloop() -> None:
+    probe = (
+        "import asyncio; from infra.cli import _use_uvloop; _use_uvloop(); "
+        "print(type(asyncio.new_event_loop()).__module__)"
+    )
+    loop_module = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60, check=True
+    )
+    assert loop_module.stdout.strip().startswith("uvloop")
