@@ -29,6 +29,7 @@ _WHITE = (255, 255, 255)
 _SOS, _DQT = 0xDA, 0xDB
 _FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _DRAFT_FLOOR = 2048  # the text analyzer's working size; the others look at less
+_EXIF_ORIENTATION = 0x0112
 _IMREAD_REDUCED = {
     1: cv2.IMREAD_COLOR,
     2: cv2.IMREAD_REDUCED_COLOR_2,
@@ -43,7 +44,8 @@ class DecodeError(ValueError):
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the header says about an accepted image."""
+    """What the header says about an accepted image; width and height as shown (EXIF orientation
+    applied), the same as the decoded pixels."""
 
     format: str
     content_type: str
@@ -90,6 +92,8 @@ def probe_image(data: bytes, *, max_pixels: int = 60_000_000) -> ImageInfo:
     image = _open(data, max_pixels)
     short_format, content_type = _FORMATS[image.format or ""]
     width, height = image.size
+    if _turned_by_exif(image):
+        width, height = height, width  # the size as decoded and shown, so boxes scale back right
     try:
         if image.format == "JPEG":
             _check_jpeg_scan(data)
@@ -100,6 +104,20 @@ def probe_image(data: bytes, *, max_pixels: int = 60_000_000) -> ImageInfo:
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise DecodeError(f"the image data is truncated or corrupt ({error})") from None
     return ImageInfo(format=short_format, content_type=content_type, width=width, height=height)
+
+
+def _turned_by_exif(image: Image.Image) -> bool:
+    """Whether the EXIF orientation turns the image a quarter (tags 5-8: width and height swap)."""
+    try:
+        if image.format == "PNG":
+            # getexif would read the whole PNG for a late eXIf chunk, and verify must come first.
+            exif = Image.Exif()
+            exif.load(image.info.get("exif", b""))
+        else:
+            exif = image.getexif()
+        return exif.get(_EXIF_ORIENTATION) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: decoders ignore it too
+        return False
 
 
 def _check_jpeg_scan(data: bytes) -> None:

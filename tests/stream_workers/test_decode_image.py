@@ -57,6 +57,21 @@ def test_exif_orientation_is_applied() -> None:
     assert decode_image(data).shape == (40, 20, 3)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize(
+    ("orientation", "shown"), [(1, (40, 20)), (3, (40, 20)), (6, (20, 40)), (8, (20, 40))]
+)
+def test_probe_reports_the_size_as_shown(fmt: str, orientation: int, shown: tuple[int, int]) -> None:
+    # The worker scales boxes from decoded (turned) pixels back by the uploaded width and height:
+    # those must be the turned ones too, or every box on a phone photo taken upright lands wrong.
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.new("RGB", (40, 20), (10, 200, 10)), fmt, exif=exif)
+    info = probe_image(data)
+    assert (info.width, info.height) == shown
+    assert decode_image(data).shape[:2] == (shown[1], shown[0])
+
+
 def test_animated_gif_gives_first_frame() -> None:
     frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     buffer = io.BytesIO()
