@@ -32,15 +32,15 @@ def embedded_environment(environ: Mapping[str, str]) -> dict[str, str]:
 def parse_process_counts(text: str) -> tuple[int, dict[str, int]]:
     """``"1,text=2"`` → (1, {"text": 2}): a count for every analyzer, then counts of named ones."""
     default, by_analyzer = 1, {}
-    for item in filter(None, (part.strip() for part in str(text).split(","))):
-        name, _, count = item.rpartition("=")
-        if not count.strip().isdigit() or (name and name.strip() not in ALL_ANALYZERS):
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, count = (side.strip() for side in item.rpartition("="))
+        if not count.isdigit() or (name and name not in ALL_ANALYZERS):
             raise ValueError(
                 f"PEEK_WORKER_PROCESSES takes a count and analyzer=count pairs (analyzers: "
                 f"{', '.join(ALL_ANALYZERS)}), not {item!r}"
             )
         if name:
-            by_analyzer[name.strip()] = int(count)
+            by_analyzer[name] = int(count)
         else:
             default = int(count)
     return default, by_analyzer

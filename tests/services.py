@@ -202,6 +202,15 @@ def wait_for(predicate, timeout_s: float, what: str, interval: float = 0.2):  # 
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def python_prints(code: str, timeout_s: float = 120) -> str:
+    """What a fresh Python process, started in the repository, prints for ``code`` (stripped):
+    for checks of what importing or starting something does to a whole process."""
+    finished = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=timeout_s, check=True
+    )
+    return finished.stdout.strip()
+
+
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:

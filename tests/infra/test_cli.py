@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.services import REPO
+from tests.services import REPO, python_prints
 
 
 def test_peek_analyze_prints_one_json_object_per_file(corpus: Path, tmp_path: Path) -> None:
@@ -56,7 +56,4 @@ def test_faust_apps_run_on_uvloop() -> None:
         "import asyncio; from infra.cli import _use_uvloop; _use_uvloop(); "
         "print(type(asyncio.new_event_loop()).__module__)"
     )
-    loop_module = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60, check=True
-    )
-    assert loop_module.stdout.strip().startswith("uvloop")
+    assert python_prints(probe, timeout_s=60).startswith("uvloop")

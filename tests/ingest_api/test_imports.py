@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from tests.services import REPO
+from tests.services import python_prints
 
 
 def test_the_api_does_not_load_the_analyzers() -> None:
@@ -13,7 +10,4 @@ def test_the_api_does_not_load_the_analyzers() -> None:
         "import sys, ingest_api.app; "
         "print(sorted(m for m in ('tesserocr', 'stream_workers.analyzers') if m in sys.modules))"
     )
-    loaded = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120, check=True
-    )
-    assert loaded.stdout.strip() == "[]"
+    assert python_prints(probe) == "[]"
