@@ -90,11 +90,14 @@ class Settings(BaseSettings):
     # Pipeline shape and tuning.
     analyzers: str = Field(",".join(ALL_ANALYZERS), validation_alias=AliasChoices("PEEK_ANALYZERS"))
     topic_partitions: int = Field(6, validation_alias=AliasChoices("PEEK_TOPIC_PARTITIONS"))
-    worker_concurrency: int = Field(2, validation_alias=AliasChoices("PEEK_WORKER_CONCURRENCY"))
+    # Images in flight per analyzer worker; 0 = twice its analysis processes, so that each process
+    # has its next image waiting while the worker publishes the last one's result.
+    worker_concurrency: int = Field(0, ge=0, validation_alias=AliasChoices("PEEK_WORKER_CONCURRENCY"))
     # Analysis processes per analyzer worker: "N" for every analyzer, "N,text=M,..." to give some
-    # their own count, 0 for in-process threads. Text costs about half of all analysis, so it gets
-    # two processes by default (bench/pipeline.py: 1 for all, 2 for all, and this, compared).
-    worker_processes: str = Field("1,text=2", validation_alias=AliasChoices("PEEK_WORKER_PROCESSES"))
+    # their own count, 0 for in-process threads. Text costs about half of all analysis and faces
+    # about a third, so each gets two processes by default: whichever of them is left last with
+    # work can still use both cores (bench/pipeline.py compares this with 1 and 2 for all).
+    worker_processes: str = Field("1,text=2,faces=2", validation_alias=AliasChoices("PEEK_WORKER_PROCESSES"))
     analyzer_timeout_s: float = Field(60.0, validation_alias=AliasChoices("PEEK_ANALYZER_TIMEOUT_S"))
     kafka_session_timeout_s: float = Field(6.0, validation_alias=AliasChoices("PEEK_KAFKA_SESSION_TIMEOUT_S"))
     reconcile_interval_s: float = Field(10.0, validation_alias=AliasChoices("PEEK_RECONCILE_INTERVAL_S"))
@@ -145,6 +148,10 @@ class Settings(BaseSettings):
         """Analysis processes of one analyzer's worker (PEEK_WORKER_PROCESSES)."""
         default, by_analyzer = parse_process_counts(self.worker_processes)
         return by_analyzer.get(analyzer, default)
+
+    def concurrency_for(self, analyzer: str) -> int:
+        """Images one analyzer's worker has in flight at once (PEEK_WORKER_CONCURRENCY)."""
+        return self.worker_concurrency or 2 * max(1, self.processes_for(analyzer))
 
     @property
     def analyzer_names(self) -> list[str]:

@@ -36,7 +36,7 @@ def build_worker_app(analyzer_name: str, settings: Settings) -> faust.App:
     source = analyzer_source(analyzer_name)
     serve_metrics(settings.metrics_port, f"worker-{analyzer_name}")
 
-    @app.agent(uploaded, concurrency=settings.worker_concurrency)
+    @app.agent(uploaded, concurrency=settings.concurrency_for(analyzer_name))
     async def analyze(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             try:

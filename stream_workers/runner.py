@@ -1,7 +1,7 @@
 """Running one analyzer on one event, off the event loop, with a time limit.
 
-The work happens in a small process pool: the event loop stays free for heartbeats, and a hung
-analysis can be stopped by replacing the pool. Each pool process opens storage once and reads
+The work happens in a few analysis processes: the event loop stays free for heartbeats, and a
+hung analysis can be stopped by replacing its process. Each process opens storage once and reads
 the image itself, so the image's bytes never pass through the worker's main process.
 """
 
@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from infra.storage import ObjectNotFound, Storage, StorageError
 from schemas.events import AnalysisPartial, ImageUploaded
+from stream_workers.processes import AnalysisProcesses, ProcessCrashed
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +29,12 @@ class PoisonEvent(ValueError):
     """An event that can never be processed; it goes to the dead-letter topic with this reason."""
 
 
-# This pool process's storage, opened once by _warm.
+# This analysis process's storage, opened once by _warm.
 _storage: Storage | None = None
 
 
 def _warm(analyzer_name: str, open_storage: Callable[[], Storage]) -> None:
-    """Pool initializer: open storage and load the analyzer (and its models) once per process."""
+    """Set-up of an analysis process: open storage and load the analyzer (and its models) once."""
     global _storage
     # Parallelism comes from the pipeline (processes, partitions), not from inside one call:
     # OpenCV's and Tesseract's own threads would only fight the other analyzers for the cores.
@@ -50,14 +49,14 @@ def _warm(analyzer_name: str, open_storage: Callable[[], Storage]) -> None:
 
 
 def analyze_stored(analyzer_name: str, storage_key: str, width: int, height: int) -> dict[str, Any]:
-    """Read the image from storage, then decode and analyse it, in the pool process."""
+    """Read the image from storage, then decode and analyse it, in the analysis process."""
     if _storage is None:
-        raise RuntimeError("analyze_stored runs only in a pool started with _warm")
+        raise RuntimeError("analyze_stored runs only in a process set up by _warm")
     return analyze_bytes(analyzer_name, _storage.get(storage_key), width, height)
 
 
 def analyze_bytes(analyzer_name: str, data: bytes, width: int, height: int) -> dict[str, Any]:
-    """Decode and analyse in the pool process; boxes come back in original-image coordinates."""
+    """Decode and analyse; boxes come back in original-image coordinates."""
     from stream_workers.analyzers import REGISTRY
     from stream_workers.decode import decode_image
 
@@ -103,39 +102,41 @@ class AnalyzerRunner:
         self.open_storage = open_storage
         self.processes = processes
         self.timeout_s = timeout_s
-        self._pool = self._new_pool()
-
-    def _new_pool(self) -> Executor:
-        if self.processes == 0:
+        self._processes: AnalysisProcesses | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        if processes == 0:
             # In-process threads: for development and failure-injection tests; a hang cannot be killed.
-            return ThreadPoolExecutor(
-                max_workers=2,
-                thread_name_prefix=f"analyze-{self.analyzer.name}",
-                initializer=_warm,
-                initargs=(self.analyzer.name, self.open_storage),
-            )
-        pool = ProcessPoolExecutor(
-            max_workers=self.processes,
-            mp_context=multiprocessing.get_context("spawn"),
+            self._threads = self._new_threads()
+        else:
+            self._processes = AnalysisProcesses(processes, _warm, (self.analyzer.name, open_storage))
+
+    def _new_threads(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(
+            max_workers=2,
+            thread_name_prefix=f"analyze-{self.analyzer.name}",
             initializer=_warm,
             initargs=(self.analyzer.name, self.open_storage),
         )
-        # Start every process now (the pool starts one per submission while none is idle), so
-        # models load before the first events rather than in front of them.
-        for _ in range(self.processes):
-            pool.submit(os.getpid)
-        return pool
 
-    def _replace_pool(self) -> None:
-        """Stop a pool whose work hangs: kill its processes, start a fresh one."""
-        old = self._pool
-        self._pool = self._new_pool()
-        for process in list((getattr(old, "_processes", None) or {}).values()):
-            process.kill()
-        old.shutdown(wait=False, cancel_futures=True)
+    async def _analyze(self, event: ImageUploaded) -> dict[str, Any]:
+        args = (self.analyzer.name, event.storage_key, event.width, event.height)
+        if self._processes is not None:
+            return await self._processes.run(analyze_stored, *args, timeout_s=self.timeout_s)
+        assert self._threads is not None
+        future = asyncio.get_running_loop().run_in_executor(self._threads, analyze_stored, *args)
+        try:
+            return await asyncio.wait_for(future, self.timeout_s)
+        except TimeoutError:
+            # A thread cannot be stopped: leave it to finish on its own, and use fresh ones.
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = self._new_threads()
+            raise
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._processes is not None:
+            self._processes.close()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
 
     @staticmethod
     def parse(raw: bytes | str) -> ImageUploaded:
@@ -161,12 +162,8 @@ class AnalyzerRunner:
         cannot be read (not the image's fault, so no partial is made for it).
         """
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
-            future = loop.run_in_executor(
-                self._pool, analyze_stored, self.analyzer.name, event.storage_key, event.width, event.height
-            )
-            result = await asyncio.wait_for(future, self.timeout_s)
+            result = await self._analyze(event)
             return self._partial(event, started, result=result)
         except ObjectNotFound:
             raise PoisonEvent(f"image {event.id} is no longer in storage ({event.storage_key})") from None
@@ -174,12 +171,10 @@ class AnalyzerRunner:
             raise  # storage away: not this image's fault, so no error partial; the worker restarts
         except TimeoutError:
             log.error("%s on image %s passed its %.0f s limit", self.analyzer.name, event.id, self.timeout_s)
-            self._replace_pool()
             return self._partial(
                 event, started, error=f"analysis took longer than the {self.timeout_s:g} s limit"
             )
-        except BrokenProcessPool:
-            self._replace_pool()
+        except ProcessCrashed:
             return self._partial(event, started, error="the analyzer process crashed on this image")
         except Exception as exc:
             log.warning("%s failed on image %s: %s", self.analyzer.name, event.id, exc)

@@ -8,11 +8,11 @@ from pydantic import ValidationError
 from infra.settings import Settings
 
 
-def test_text_gets_two_analysis_processes_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_text_and_faces_get_two_analysis_processes_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PEEK_WORKER_PROCESSES", raising=False)
     settings = Settings()
-    assert settings.processes_for("text") == 2
-    assert [settings.processes_for(name) for name in ("colors", "quality", "faces", "scene")] == [1, 1, 1, 1]
+    assert [settings.processes_for(name) for name in ("text", "faces")] == [2, 2]
+    assert [settings.processes_for(name) for name in ("colors", "quality", "scene")] == [1, 1, 1]
 
 
 @pytest.mark.parametrize(
@@ -39,3 +39,13 @@ def test_unreadable_process_counts_are_refused_with_the_analyzer_names(
     monkeypatch.setenv("PEEK_WORKER_PROCESSES", value)
     with pytest.raises(ValidationError, match="analyzer=count pairs"):
         Settings()
+
+
+def test_each_worker_keeps_twice_its_processes_in_flight_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PEEK_WORKER_PROCESSES", "1,text=3")
+    monkeypatch.delenv("PEEK_WORKER_CONCURRENCY", raising=False)
+    assert [Settings().concurrency_for(name) for name in ("colors", "text")] == [2, 6]
+    monkeypatch.setenv("PEEK_WORKER_PROCESSES", "0")  # threads in the worker: still two at once
+    assert Settings().concurrency_for("colors") == 2
+    monkeypatch.setenv("PEEK_WORKER_CONCURRENCY", "5")
+    assert Settings().concurrency_for("text") == 5

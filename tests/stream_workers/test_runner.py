@@ -49,8 +49,8 @@ def test_runner_analyses_in_a_process_pool(tmp_path: Path, corpus: Path) -> None
 def test_every_analysis_process_starts_before_the_first_event(tmp_path: Path) -> None:
     runner = AnalyzerRunner("scene", functools.partial(LocalStorage, tmp_path), processes=2, timeout_s=60)
     try:
-        # The pool records a process as it starts it, so both are there before any event.
-        assert len(runner._pool._processes) == 2  # type: ignore[attr-defined]
+        processes = [each.process for each in runner._processes._all]  # type: ignore[union-attr]
+        assert len(processes) == 2 and all(process.is_alive() for process in processes)
     finally:
         runner.close()
 
