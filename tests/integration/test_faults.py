@@ -417,7 +417,9 @@ def test_postgres_stopping_answers_503_and_loses_nothing(harness: Harness, corpu
     try:
         response = harness.upload(corpus, "apple.jpg")
         assert response.status_code == 503 and response.headers["Retry-After"]
-        assert "database is unavailable" in response.json()["error"]
+        # Either the key check or the upload's own write meets the stopped database first.
+        error = response.json()["error"]
+        assert "database is unavailable" in error or "cannot check API keys right now" in error
         assert harness.http.get("/api/health").status_code == 503
         time.sleep(5)  # partials arrive at the sink meanwhile; it keeps them until the database is back
     finally:
