@@ -100,7 +100,6 @@ class AnalyzerRunner:
 
         self.analyzer = REGISTRY[analyzer_name]
         self.open_storage = open_storage
-        self.processes = processes
         self.timeout_s = timeout_s
         self._processes: AnalysisProcesses | None = None
         self._threads: ThreadPoolExecutor | None = None
