@@ -6,13 +6,36 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import aiokafka
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.utils.terminal import SpinnerHandler
 
 from infra.settings import Settings
 from schemas.topics import DEAD_LETTER
 
 log = logging.getLogger(__name__)
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # Faust passes a fixed fetch_max_wait_ms=1500; aiokafka hands this attribute to its
+        # fetcher when the consumer starts, so replacing it here is the same as passing it.
+        consumer._fetch_max_wait_ms = cast(_Transport, transport).fetch_max_wait_ms
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport, with the consumer's fetch wait a setting."""
+
+    Consumer = _Consumer
+    fetch_max_wait_ms = 1500
 
 
 def make_app(app_id: str, settings: Settings) -> faust.App:
@@ -40,6 +63,9 @@ def make_app(app_id: str, settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
+    transport = _Transport(app.conf.broker_consumer, app)
+    transport.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
+    app.transport = transport
 
     @app.task
     async def quiet_debug_records() -> None:
