@@ -6,7 +6,7 @@ covers every byte, so a ranged header read would not be enough), validates it li
 then **copies it server-side** (S3 ``CopyObject``) into Peek's own bucket under ``originals/``.
 The bytes never travel back up. Copying rather than referencing the source key keeps three
 promises even when the source is Peek's own bucket: workers read every original from Peek's
-storage with Peek's credentials, the annotated copy is written beside it under ``annotated/``
+storage with Peek's credentials, an annotated copy is kept beside it under ``annotated/``
 (never over a user's object), and deleting or rewriting the source later does not change a result.
 
 The source is read with Peek's S3 client (same endpoint and credentials; on R2, any bucket of the

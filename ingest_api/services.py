@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +27,9 @@ class Services:
     cache: ResultCache
     producer: EventProducer
     recorder: UploadRecorder
+    # Annotated copies drawn at once by this process (each a decode and a JPEG encode, up to
+    # about 100 ms of CPU and 100 MB for a 24 MP photo); further requests wait their turn.
+    drawing: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(2))
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

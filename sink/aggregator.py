@@ -1,6 +1,6 @@
 """Merging partial results into insight records, completing images, and reconciling overdue ones.
 
-Plain synchronous functions over a database session, a producer and storage; the Faust app in
+Plain synchronous functions over a database session, a producer and the result cache; the Faust app in
 ``sink.app`` calls them off the event loop.
 """
 
@@ -19,7 +19,6 @@ from infra.cache import ResultCache
 from infra.cloudevents import SOURCE_SINK, ce_headers
 from infra.kafka import EventProducer
 from infra.settings import Settings
-from infra.storage import Storage
 from infra.urls import public_url
 from schemas.events import AnalysisCompleted, AnalysisPartial
 from schemas.topics import ANALYSIS_COMPLETED, IMAGE_UPLOADED
@@ -39,9 +38,6 @@ from sink.store import (
     touch,
     uploaded_event,
 )
-from stream_workers.annotate import annotate, encode_jpeg
-from stream_workers.decode import decode_image
-from stream_workers.runner import scale_boxes
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +51,6 @@ class Aggregator:
     sessions: sessionmaker[Session]
     producer: EventProducer
     cache: ResultCache
-    storage: Storage
     on_completed: list[CompletionHook] = field(default_factory=list)
     # Threads that wait for deliveries side by side (see _send_all).
     _senders: ThreadPoolExecutor = field(
@@ -119,13 +114,12 @@ class Aggregator:
     def _publish_all(
         self, session: Session, finished: list[tuple[Image, dict[str, AnalysisResult]]]
     ) -> list[dict[str, Any]]:
-        """Annotate, emit ``image.analysis.completed`` and cache, inside the completing transaction:
+        """Emit ``image.analysis.completed`` and cache, inside the completing transaction:
         if anything fails the transaction rolls back and the partials are processed again."""
         if not finished:
             return []
         views, messages = [], []
         for image, results in finished:
-            self._annotate(image)
             view = result_view(image, results, public_url(self.settings, image.id, image.storage_key))
             completed = AnalysisCompleted.model_validate(view)
             # One completion per image, so a stable id lets subscribers drop re-sent copies.
@@ -151,26 +145,6 @@ class Aggregator:
             self.producer.send_sync(topic, *messages[0])
             return
         list(self._senders.map(lambda message: self.producer.send_sync(topic, *message), messages))
-
-    def _annotate(self, image: Image) -> None:
-        insights = image.insights or {}
-        faces = insights.get("face_locations") or []
-        regions = insights.get("text_regions") or [] if insights.get("text_found") else []
-        if not faces and not regions:
-            return
-        try:
-            picture = decode_image(self.storage.get(image.storage_key))
-            scaled = scale_boxes(
-                {"face_locations": faces, "text_regions": regions},
-                picture.shape[1] / image.width,
-                picture.shape[0] / image.height,
-            )
-            marked = annotate(picture, scaled["face_locations"], scaled["text_regions"])
-            key = image.storage_key.replace("originals/", "annotated/", 1).rsplit(".", 1)[0] + ".jpg"
-            self.storage.put(key, encode_jpeg(marked), "image/jpeg")
-            image.annotated_key = key
-        except Exception as exc:  # the insight record matters more than the picture
-            log.warning("could not annotate image %s: %s", image.id, exc)
 
     def reemit_processing(self) -> int:
         """Emit ``image.uploaded`` again for every unfinished image (after a broker that forgot)."""

@@ -17,7 +17,6 @@ from infra.faust_app import dead_letter, make_app, take_unacked
 from infra.kafka import EventProducer, ensure_topics
 from infra.metrics import IMAGES_FINISHED, serve_metrics
 from infra.settings import Settings
-from infra.storage import build_storage
 from schemas.events import SCHEMA_VERSION, AnalysisPartial
 from schemas.topics import ANALYSIS_PARTIAL
 from sink.aggregator import Aggregator
@@ -76,7 +75,6 @@ def build_sink_app(settings: Settings) -> faust.App:
         cache=build_cache(settings.redis_url, settings.redis_namespace)
         if settings.redis_url
         else MemoryCache(max_items=0),
-        storage=build_storage(settings),
     )
     serve_metrics(settings.metrics_port, "sink")
     publisher = CompletionPublisher(settings.redis_url, settings.redis_namespace)

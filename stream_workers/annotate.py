@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
-__all__ = ["annotate", "encode_jpeg"]
+from stream_workers.decode import decode_image
+
+__all__ = ["BOX_FIELDS", "annotate", "encode_jpeg", "render_annotated", "scale_boxes"]
+
+# The insight fields that hold boxes ({"x", "y", "width", "height"}), in original-image pixels.
+BOX_FIELDS = ("face_locations", "text_regions")
 
 _FACE_COLOUR = (0, 200, 0)  # BGR green
 _TEXT_COLOUR = (0, 140, 255)  # BGR orange
@@ -35,3 +42,36 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     if not ok:
         raise ValueError("the image could not be encoded as JPEG")
     return encoded.tobytes()
+
+
+def scale_boxes(result: dict[str, Any], scale_x: float, scale_y: float) -> dict[str, Any]:
+    """Scale the boxes of ``result``'s box fields by these factors (in place; returns ``result``)."""
+    if abs(scale_x - 1) < 1e-6 and abs(scale_y - 1) < 1e-6:
+        return result
+    for field in BOX_FIELDS:
+        if isinstance(result.get(field), list):
+            result[field] = [
+                {
+                    **box,
+                    "x": round(box["x"] * scale_x),
+                    "y": round(box["y"] * scale_y),
+                    "width": round(box["width"] * scale_x),
+                    "height": round(box["height"] * scale_y),
+                }
+                for box in result[field]
+            ]
+    return result
+
+
+def render_annotated(
+    data: bytes, width: int, height: int, faces: list[dict], text_regions: list[dict]
+) -> bytes:
+    """The image ``data`` with its boxes drawn, as JPEG; the boxes are in the coordinates of the
+    image as shown, ``width`` × ``height`` (a large photo is drawn on its reduced decode)."""
+    picture = decode_image(data)
+    scaled = scale_boxes(
+        {"face_locations": faces, "text_regions": text_regions},
+        picture.shape[1] / width,
+        picture.shape[0] / height,
+    )
+    return encode_jpeg(annotate(picture, scaled["face_locations"], scaled["text_regions"]))

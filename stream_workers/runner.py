@@ -17,12 +17,10 @@ from typing import Any
 
 from infra.storage import ObjectNotFound, Storage, StorageError
 from schemas.events import AnalysisPartial, ImageUploaded
+from stream_workers.annotate import scale_boxes
 from stream_workers.processes import AnalysisProcesses, ProcessCrashed
 
 log = logging.getLogger(__name__)
-
-# Coordinates that analyzers report in decoded-image pixels, scaled back to the original's.
-BOX_FIELDS = ("face_locations", "text_regions")
 
 
 class PoisonEvent(ValueError):
@@ -67,25 +65,8 @@ def analyze_bytes(analyzer_name: str, data: bytes, width: int, height: int) -> d
         else decode_image(data, max_side=analyzer.decode_side)
     )
     result = analyzer.run(image)
+    # Boxes are found in decoded-image pixels and reported in the original's.
     return scale_boxes(result, width / image.shape[1], height / image.shape[0])
-
-
-def scale_boxes(result: dict[str, Any], scale_x: float, scale_y: float) -> dict[str, Any]:
-    if abs(scale_x - 1) < 1e-6 and abs(scale_y - 1) < 1e-6:
-        return result
-    for field in BOX_FIELDS:
-        if isinstance(result.get(field), list):
-            result[field] = [
-                {
-                    **box,
-                    "x": round(box["x"] * scale_x),
-                    "y": round(box["y"] * scale_y),
-                    "width": round(box["width"] * scale_x),
-                    "height": round(box["height"] * scale_y),
-                }
-                for box in result[field]
-            ]
-    return result
 
 
 class AnalyzerRunner:

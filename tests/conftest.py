@@ -56,6 +56,20 @@ def s3_endpoint() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def s3(s3_endpoint: str):  # type: ignore[no-untyped-def]
+    """A boto3 client of the tests' S3 endpoint."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
+
+
 def service_env(
     database_url: str,
     redis_url: str,

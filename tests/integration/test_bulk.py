@@ -10,7 +10,6 @@ import time
 import uuid
 from pathlib import Path
 
-import boto3
 import httpx
 import numpy as np
 import psycopg
@@ -143,17 +142,6 @@ def test_concurrent_uploads_of_the_same_bytes_make_one_image(client: httpx.Clien
             thread.join()
     ids = {entry["id"] for answer in answers for entry in answer.json()["results"]}
     assert len(ids) == 1 and len(rows_with_sha(database_url, data)) == 1
-
-
-@pytest.fixture
-def s3(s3_endpoint: str):  # type: ignore[no-untyped-def]
-    return boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    )
 
 
 def test_bucket_ingestion_copies_server_side_page_by_page(

@@ -14,7 +14,6 @@ from infra.broker import EmbeddedBroker
 from infra.cache import build_cache
 from infra.kafka import DeliveryError, EventProducer, ensure_topics
 from infra.settings import Settings
-from infra.storage import build_storage
 from schemas.events import AnalysisPartial
 from sink.aggregator import Aggregator
 from sink.db import make_engine, make_sessionmaker, migrate
@@ -60,7 +59,6 @@ def _aggregator(
         make_sessionmaker(engine),
         producer,
         build_cache(settings.redis_url, settings.redis_namespace),
-        build_storage(settings),
     )
     producer.close()
     engine.dispose()
