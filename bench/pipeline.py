@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     # The machine's speed drifts over minutes (other tenants, heat): the analyzers alone are measured
     # before the first pipeline run and again after each one, and every run is compared with the
     # mean of the two measurements around it.
-    sample = images * (2 if args.quick else 4)
+    sample = images * (2 if args.quick else 8)
     alone, each = reference_rates(sample)
     print(
         f"analyzers alone ({CORES}-process pool)  {alone:6.2f} images/s ({alone / baseline_rate:.1f}× baseline)"
