@@ -60,9 +60,9 @@ def analyze_bytes(analyzer_name: str, data: bytes, width: int, height: int) -> d
 
     analyzer = REGISTRY[analyzer_name]
     image = (
-        decode_image(data)
+        decode_image(data, gray=analyzer.luma_only)
         if analyzer.decode_side is None
-        else decode_image(data, max_side=analyzer.decode_side)
+        else decode_image(data, max_side=analyzer.decode_side, gray=analyzer.luma_only)
     )
     result = analyzer.run(image)
     # Boxes are found in decoded-image pixels and reported in the original's.

@@ -1,7 +1,8 @@
 """The analyzers: pure functions from a BGR image to a dict of insight fields, and their registry.
 
 A new analyzer is one module (exporting `FIELDS`, `VERSION` and `analyze`, and optionally
-`DECODE_SIDE`, the largest image side it looks at) plus one line below.
+`DECODE_SIDE`, the largest image side it looks at, and `LUMA_ONLY = True` when it looks at
+brightness only and so accepts a single-channel image) plus one line below.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class Analyzer:
     # A worker running only this analyzer decodes no larger than this (JPEG DCT scaling makes
     # that much cheaper); None means the full decode that every analyzer can share.
     decode_side: int | None = None
+    # A worker running only this analyzer decodes the image's luma alone (cheaper to decode and
+    # to shrink); the analyzer accepts BGR and single-channel images alike.
+    luma_only: bool = False
 
 
 def _from_module(module: ModuleType) -> Analyzer:
@@ -39,6 +43,7 @@ def _from_module(module: ModuleType) -> Analyzer:
         fields=module.FIELDS,
         run=module.analyze,
         decode_side=getattr(module, "DECODE_SIDE", None),
+        luma_only=getattr(module, "LUMA_ONLY", False),
     )
 
 

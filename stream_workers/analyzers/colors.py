@@ -8,14 +8,10 @@ import numpy as np
 from stream_workers.analyzers._image import gray, shrink
 
 FIELDS = ("dominant_colors", "color_shares", "brightness")
-VERSION = "3"
+VERSION = "2"
 
 _CLUSTERS = 5
-# Brightness is measured at this size, colours on a smaller thumbnail. 256 rather than 512: a worker
-# decodes a typical 640 px JPEG at half scale instead of whole and shrinks it less (2.8 -> 1.6 ms);
-# over the corpus the pipeline's palettes move by CIE76 ΔE 0.8 on average (at most 3.0, about
-# one just-noticeable difference) and brightness by at most 3.5 of 255.
-DECODE_SIDE = 256
+DECODE_SIDE = 512  # brightness is measured at this size, colours on a smaller thumbnail
 _SAMPLE_SIDE = 128  # ~12k pixels: K-means on an area-averaged thumbnail matches full-image K-means
 _ATTEMPTS = 3
 

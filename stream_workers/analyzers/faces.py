@@ -17,6 +17,7 @@ from stream_workers.analyzers._image import gray, shrink
 
 FIELDS = ("faces_detected", "face_locations")
 VERSION = "4"
+LUMA_ONLY = True  # looks at brightness only: a worker decodes just the luma
 
 _WORKING_SIDE = 420
 DECODE_SIDE = _WORKING_SIDE

@@ -11,6 +11,7 @@ from stream_workers.analyzers._image import gray, shrink
 
 FIELDS = ("sharpness_score", "blur_level", "contrast_score", "quality_score")
 VERSION = "2"
+LUMA_ONLY = True  # looks at brightness only: a worker decodes just the luma
 
 # Measured at a fixed working size so a 24 MP photo and its 1 MP copy score alike.
 _WORKING_SIDE = 1024

@@ -223,3 +223,25 @@ def test_text_reads_dark_letters_inside_a_busy_sign_frame(corpus_image: Loader) 
     # the edge-blob finder merges this sign with its yellow frame; the letter rows find it
     result = REGISTRY["text"].run(corpus_image("scenetext05.jpg"))
     assert "no parking" in result["extracted_text"].lower()  # the tight gap still splits the words
+
+
+def test_luma_only_analyzers_read_the_same_from_a_luma_decode(corpus) -> None:
+    """A worker of a LUMA_ONLY analyzer decodes just the luma; over the whole corpus that changes
+    no face and moves quality by a rounding step at most."""
+    from stream_workers.decode import decode_image
+
+    luma_only = [analyzer for analyzer in REGISTRY.values() if analyzer.luma_only]
+    assert {analyzer.name for analyzer in luma_only} == {"faces", "quality"}
+    for path in sorted(corpus.glob("*.*")):
+        if path.suffix not in (".jpg", ".jpeg", ".png"):
+            continue
+        data = path.read_bytes()
+        for analyzer in luma_only:
+            side = {"max_side": analyzer.decode_side} if analyzer.decode_side else {}
+            colour = analyzer.run(decode_image(data, **side))
+            luma = analyzer.run(decode_image(data, gray=True, **side))
+            if analyzer.name == "faces":
+                assert luma == colour, path.name
+            else:
+                assert luma["blur_level"] == colour["blur_level"], path.name
+                assert abs(luma["quality_score"] - colour["quality_score"]) <= 0.5, path.name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -70,6 +71,45 @@ def test_probe_reports_the_size_as_shown(fmt: str, orientation: int, shown: tupl
     info = probe_image(data)
     assert (info.width, info.height) == shown
     assert decode_image(data).shape[:2] == (shown[1], shown[0])
+    assert decode_image(data, gray=True).shape == (shown[1], shown[0])
+
+
+def _photo_like(size: tuple[int, int]) -> Image.Image:
+    """Smooth colour gradients with noise: what a JPEG of a photo holds."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // width, y * 255 // height, (x + y) * 127 // (width + height)], axis=2)
+    noise = np.random.default_rng(1).integers(-20, 20, rgb.shape)
+    return Image.fromarray(np.clip(rgb + noise, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "size", "max_side"),
+    [
+        ("JPEG", "RGB", (640, 480), 4096),
+        ("JPEG", "RGB", (640, 480), 420),  # decoded whole, then shrunk
+        ("JPEG", "RGB", (3000, 2000), 1024),  # DCT-reduced, then shrunk
+        ("JPEG", "L", (300, 200), 4096),
+        ("JPEG", "CMYK", (64, 48), 4096),  # through Pillow
+        ("PNG", "RGBA", (300, 200), 4096),  # transparency laid on white first
+        ("WEBP", "RGB", (300, 200), 256),
+    ],
+)
+def test_luma_decode_matches_the_colour_decode_made_grey(
+    fmt: str, mode: str, size: tuple[int, int], max_side: int
+) -> None:
+    picture = _photo_like(size)
+    if mode == "RGBA":
+        picture.putalpha(Image.fromarray(np.full(size[::-1], 128, np.uint8)))
+    data = encode(picture.convert(mode) if mode != "RGBA" else picture, fmt)
+    colour = decode_image(data, max_side=max_side)
+    luma = decode_image(data, max_side=max_side, gray=True)
+    assert luma.ndim == 2 and luma.dtype == np.uint8 and luma.shape == colour.shape[:2]
+    expected = cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY).astype(int)
+    # A JPEG's luma is its Y plane: the conversion's weights, rounded once rather than after the
+    # colour planes are rebuilt and clipped to 0-255 (a few levels apart only where they clip).
+    difference = np.abs(luma.astype(int) - expected)
+    assert difference.mean() < 0.5 and np.percentile(difference, 99) <= 2 and difference.max() <= 12
 
 
 def test_animated_gif_gives_first_frame() -> None:
