@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DecodeError", "ImageInfo", "decode_image", "probe_image", "shrink"]
+__all__ = ["MAX_SIDE", "DecodeError", "ImageInfo", "decode_image", "probe_image", "shrink"]
 
 _FORMATS = {
     "PNG": ("png", "image/png"),
@@ -28,6 +28,7 @@ _WHITE = (255, 255, 255)
 # JPEG markers: start of scan, quantisation tables, and the frame headers (SOF0-15 but DHT, JPG, DAC).
 _SOS, _DQT = 0xDA, 0xDB
 _FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+MAX_SIDE = 4096  # the largest side decode_image returns unless asked for less
 _DRAFT_FLOOR = 2048  # the text analyzer's working size; the others look at less
 _EXIF_ORIENTATION = 0x0112
 _IMREAD_REDUCED = {
@@ -160,7 +161,7 @@ def _check_jpeg_scan(data: bytes) -> None:
 
 
 def decode_image(
-    data: bytes, *, max_side: int = 4096, max_pixels: int = 60_000_000, gray: bool = False
+    data: bytes, *, max_side: int = MAX_SIDE, max_pixels: int = 60_000_000, gray: bool = False
 ) -> np.ndarray:
     """Decode bytes to a BGR uint8 (H, W, 3) array whose longest side is at most `max_side`; with
     `gray`, to its luma (H, W) instead.

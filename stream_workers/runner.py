@@ -56,14 +56,10 @@ def analyze_stored(analyzer_name: str, storage_key: str, width: int, height: int
 def analyze_bytes(analyzer_name: str, data: bytes, width: int, height: int) -> dict[str, Any]:
     """Decode and analyse; boxes come back in original-image coordinates."""
     from stream_workers.analyzers import REGISTRY
-    from stream_workers.decode import decode_image
+    from stream_workers.decode import MAX_SIDE, decode_image
 
     analyzer = REGISTRY[analyzer_name]
-    image = (
-        decode_image(data, gray=analyzer.luma_only)
-        if analyzer.decode_side is None
-        else decode_image(data, max_side=analyzer.decode_side, gray=analyzer.luma_only)
-    )
+    image = decode_image(data, max_side=analyzer.decode_side or MAX_SIDE, gray=analyzer.luma_only)
     result = analyzer.run(image)
     # Boxes are found in decoded-image pixels and reported in the original's.
     return scale_boxes(result, width / image.shape[1], height / image.shape[0])

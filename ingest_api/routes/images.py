@@ -38,10 +38,18 @@ def _image_row(services: Services, image_id: int, key: KeyRecord | None) -> Imag
 
 
 async def _read(services: Services, key: str) -> bytes:
+    data = await _read_if_stored(services, key)
+    if data is None:
+        raise ApiError(404, "the image file is no longer in storage")
+    return data
+
+
+async def _read_if_stored(services: Services, key: str) -> bytes | None:
+    """The object's bytes, None when it is not in storage; 503 when storage cannot be read."""
     try:
         return await run_in_threadpool(services.storage.get, key)
     except ObjectNotFound:
-        raise ApiError(404, "the image file is no longer in storage") from None
+        return None
     except StorageError:
         raise ApiError(503, "image storage is unavailable; try again shortly", {"Retry-After": "5"}) from None
 
@@ -71,7 +79,9 @@ async def annotated(image_id: int, request: Request, services: ServicesDep) -> R
     faces, regions = _boxes(image.insights)
     data = None
     if faces or regions:
-        data = await _kept_copy(services, image) or await _draw(services, image, faces, regions)
+        # A kept copy removed from the bucket is drawn again.
+        kept = await _read_if_stored(services, image.annotated_key) if image.annotated_key else None
+        data = kept or await _draw(services, image, faces, regions)
     if data is not None:
         return Response(data, media_type="image/jpeg", headers={"X-Peek-Annotated": "true"})
     data = await _read(services, image.storage_key)
@@ -89,17 +99,6 @@ def _boxes(insights: dict[str, Any] | None) -> tuple[list[dict], list[dict]]:
 def annotated_key(storage_key: str) -> str:
     """Where the annotated copy of an original is kept: beside it, under ``annotated/``, as JPEG."""
     return storage_key.replace("originals/", "annotated/", 1).rsplit(".", 1)[0] + ".jpg"
-
-
-async def _kept_copy(services: Services, image: Image) -> bytes | None:
-    if not image.annotated_key:
-        return None
-    try:
-        return await run_in_threadpool(services.storage.get, image.annotated_key)
-    except ObjectNotFound:
-        return None  # removed from the bucket: drawn again
-    except StorageError:
-        raise ApiError(503, "image storage is unavailable; try again shortly", {"Retry-After": "5"}) from None
 
 
 async def _draw(services: Services, image: Image, faces: list[dict], regions: list[dict]) -> bytes | None:

@@ -75,10 +75,7 @@ def test_upload_completes_on_postgres_redis_s3(
     assert annotated.status_code == 200 and annotated.headers["content-type"] == "image/jpeg"
     assert annotated.headers["x-peek-annotated"] == "true"
     assert_face_boxed(annotated.content, insights["face_locations"][0])
-    with psycopg.connect(database_url) as connection:
-        (annotated_key,) = connection.execute(
-            "SELECT annotated_key FROM images WHERE id = %s", (body["id"],)
-        ).fetchone()
+    annotated_key = annotated_key_of(database_url, body["id"])
     assert annotated_key == key.replace("originals/", "annotated/").rsplit(".", 1)[0] + ".jpg"
     kept = s3.get_object(Bucket="peek-test", Key=annotated_key)["Body"].read()
     assert kept == annotated.content
@@ -89,6 +86,11 @@ def test_upload_completes_on_postgres_redis_s3(
     url = client.get(f"/api/image/{body['id']}/url", params={"expiration": 120}).json()
     assert url["image_id"] == body["id"] and url["expires_in"] == 120
     assert httpx.get(url["url"]).content == data  # a real presigned URL on the S3 endpoint
+
+
+def annotated_key_of(database_url: str, image_id: int) -> str | None:
+    with psycopg.connect(database_url) as connection:
+        return connection.execute("SELECT annotated_key FROM images WHERE id = %s", (image_id,)).fetchone()[0]
 
 
 def assert_face_boxed(jpeg: bytes, face: dict) -> None:
@@ -119,10 +121,7 @@ def test_annotated_copy_removed_from_the_bucket_is_drawn_again(
     ).json()["id"]
     face = wait_final(client, image_id)["insights"]["face_locations"][0]
     first = client.get(f"/api/image/{image_id}/annotated").content
-    with psycopg.connect(database_url) as connection:
-        (annotated_key,) = connection.execute(
-            "SELECT annotated_key FROM images WHERE id = %s", (image_id,)
-        ).fetchone()
+    annotated_key = annotated_key_of(database_url, image_id)
     s3.delete_object(Bucket="peek-test", Key=annotated_key)
     again = client.get(f"/api/image/{image_id}/annotated")
     assert again.status_code == 200 and again.headers["x-peek-annotated"] == "true"
