@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.broker import EmbeddedBroker
+from infra.kafka import ensure_topics
 from infra.settings import Settings
 
 log = logging.getLogger("peek.up")
@@ -75,6 +78,20 @@ class Supervisor:
                 spec.restart_at = 0.0
                 self._start(spec)
 
+    def restart(self, name: str) -> None:
+        """Stop the named child and start it again at once (not counted as a crash)."""
+        for spec in self.specs:
+            if spec.name != name or spec.process is None:
+                continue
+            spec.process.terminate()
+            try:
+                spec.process.wait(15)
+            except subprocess.TimeoutExpired:
+                spec.process.kill()
+                spec.process.wait(5)
+            spec.restart_at = 0.0
+            self._start(spec)
+
     def stop_all(self) -> None:
         for spec in self.specs:
             if spec.process and spec.process.poll() is None:
@@ -96,10 +113,50 @@ class Supervisor:
             self.stop_all()
         return 0
 
-    def supervise(self) -> None:
+    def supervise(self, also: Callable[[], None] | None = None) -> None:
+        """Restart exited children until told to stop; ``also`` runs on every round too."""
         while not self.stopping:
             self.watch_once()
+            if also is not None and not self.stopping:
+                also()
             time.sleep(0.5)
+
+
+class BrokerKeeper:
+    """Restarts ``peek up``'s embedded broker on its port when it exits, and re-creates the topics.
+
+    The broker keeps nothing on disk, so it comes back empty: the clients reconnect to the same
+    address, and ``on_restart`` (``peek up`` restarts the sink, which re-emits every unfinished image
+    when it starts next to the embedded broker) replaces the events it lost.
+    """
+
+    RETRY_S = 2.0
+
+    def __init__(self, broker: EmbeddedBroker, partitions: int, on_restart: Callable[[], None]) -> None:
+        self.broker = broker
+        self.partitions = partitions
+        self.on_restart = on_restart
+        self.restarts = 0
+        self._next_try = 0.0
+
+    def __call__(self) -> None:
+        process = self.broker.process
+        if process is not None and process.poll() is None:
+            return
+        now = time.monotonic()
+        if now < self._next_try:
+            return
+        self._next_try = now + self.RETRY_S
+        code = process.returncode if process is not None else None
+        log.warning("the embedded broker exited with %s; restarting it on %s", code, self.broker.bootstrap)
+        try:
+            self.broker.start()
+            ensure_topics(self.broker.bootstrap, self.partitions)
+        except Exception as exc:
+            log.error("could not restart the embedded broker (%s); trying again", exc)
+            return
+        self.restarts += 1
+        self.on_restart()
 
 
 def _wait_healthy(url: str, timeout_s: float) -> bool:
@@ -127,8 +184,6 @@ def assign_metrics_ports(specs: list[ProcessSpec], first_port: int) -> None:
 
 def run_everything(host: str, port: int, data_dir: Path | None) -> int:
     """``peek up``: the API, one worker per analyzer and the sink, with embedded defaults."""
-    from infra.broker import EmbeddedBroker
-    from infra.kafka import ensure_topics
     from sink.db import make_engine, migrate
 
     if data_dir is not None:
@@ -156,6 +211,12 @@ def run_everything(host: str, port: int, data_dir: Path | None) -> int:
     specs.append(ProcessSpec("sink", ["sink"], env))
     assign_metrics_ports(specs[1:], settings.metrics_port)
     supervisor = Supervisor(specs, log_dir=settings.data_dir / "logs")
+    # The sink re-emits the unfinished work when it starts beside the embedded broker.
+    keeper = (
+        BrokerKeeper(broker, settings.topic_partitions, lambda: supervisor.restart("sink"))
+        if broker
+        else None
+    )
     supervisor.start_all()
     try:
         if _wait_healthy(f"http://{host}:{port}/api/health", 60):
@@ -166,7 +227,7 @@ def run_everything(host: str, port: int, data_dir: Path | None) -> int:
             )
         else:
             print("Peek started, but /api/health is not answering yet; see the logs folder", flush=True)
-        supervisor.supervise()
+        supervisor.supervise(also=keeper)
     finally:
         supervisor.stop_all()
         if broker:

@@ -1,11 +1,18 @@
-"""`peek up`'s supervisor restarts a child that dies, and stops them all together."""
+"""`peek up`'s supervisor restarts a child that dies, and stops them all together; and its embedded
+broker, should that die."""
 
 from __future__ import annotations
 
 import signal
+import socket
 import time
 
-from infra.supervisor import ProcessSpec, Supervisor
+from confluent_kafka import Consumer
+
+from infra.broker import EmbeddedBroker
+from infra.kafka import broker_reachable
+from infra.supervisor import BrokerKeeper, ProcessSpec, Supervisor
+from schemas.topics import ANALYSIS_PARTIAL, IMAGE_UPLOADED
 
 
 def test_a_crashing_child_is_restarted_with_a_delay_and_all_stop_together(tmp_path) -> None:
@@ -27,3 +34,32 @@ def test_a_crashing_child_is_restarted_with_a_delay_and_all_stop_together(tmp_pa
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     assert all(spec.process.poll() is not None for spec in (crasher, sleeper))
+
+
+def test_the_embedded_broker_is_restarted_on_its_port_and_retried_while_it_cannot_start() -> None:
+    restarted: list[int] = []
+    with EmbeddedBroker() as broker:
+        keeper = BrokerKeeper(broker, partitions=2, on_restart=lambda: restarted.append(1))
+        keeper.RETRY_S = 0.0
+        keeper()  # running: nothing to do
+        assert restarted == [] and keeper.restarts == 0
+        first = broker.process
+        assert first is not None
+        first.kill()
+        first.wait(5)
+        # Failure injected for real: another socket holds the port, so the new broker cannot start.
+        with socket.socket() as holder:
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.bind(("127.0.0.1", broker.port))
+            holder.listen()
+            keeper()
+            assert restarted == [] and keeper.restarts == 0
+        keeper()
+        assert restarted == [1] and keeper.restarts == 1
+        assert broker.process is not None and broker.process.pid != first.pid
+        assert broker_reachable(broker.bootstrap)
+        consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "peek-test"})
+        topics = consumer.list_topics(timeout=10).topics
+        consumer.close()
+        assert {IMAGE_UPLOADED, ANALYSIS_PARTIAL} <= set(topics)
+        assert len(topics[IMAGE_UPLOADED].partitions) == 2

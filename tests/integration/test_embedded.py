@@ -85,6 +85,21 @@ class PeekUp:
                 os.killpg(self.process.pid, signal.SIGKILL)
 
 
+def _broker_pid(up_pid: int) -> int | None:
+    """The embedded broker that ``peek up`` (``up_pid``) runs as its child, if one is running."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == up_pid and b"tansu" in command[0] and b"broker" in command:
+            return int(entry.name)
+    return None
+
+
 def _group_gone(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -151,3 +166,29 @@ def test_no_accepted_upload_is_lost_after_kill_9_of_everything(peek_up: PeekUp, 
     db.close()
     assert sorted(image_id for image_id, _ in rows) == sorted(accepted)
     assert all(count == 5 for _, count in rows), "each analyzer's result is stored exactly once per image"
+
+
+def test_the_embedded_broker_is_restarted_when_it_dies(peek_up: PeekUp, corpus: Path) -> None:
+    peek_up.start()
+    assert peek_up.process is not None
+    up_pid = peek_up.process.pid
+    with httpx.Client(base_url=peek_up.url, timeout=30) as http:
+
+        def upload(name: str) -> httpx.Response:
+            return http.post("/api/analyze", files={"image": (name, (corpus / name).read_bytes())})
+
+        assert wait_final(http, upload("apple.jpg").json()["id"])["status"] == "completed"
+        in_flight = upload("notes.png").json()["id"]
+        old = _broker_pid(up_pid)
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        new = wait_for(lambda: _broker_pid(up_pid) not in (None, old), 30, "peek up to start a new broker")
+        assert new
+        # The clients reconnect to the same address; the new broker starts empty, and what the old
+        # one held is re-emitted by the sink.
+        wait_for(lambda: http.get("/api/health").status_code == 200, 60, "health to see the broker")
+        after = wait_for(lambda: (r := upload("orange.jpg")).status_code == 202 and r, 60, "an upload", 1.0)
+        for image_id in (in_flight, after.json()["id"]):
+            assert wait_final(http, image_id, timeout_s=180)["status"] == "completed"
+    log = (peek_up.data_dir.parent / f"{peek_up.data_dir.name}-up.log").read_text()
+    assert "the embedded broker exited" in log
