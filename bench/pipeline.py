@@ -21,7 +21,12 @@ at a time (the corpus shrunk to 96 px: the run is about counts, not pixels; abou
 where the colour analyzer's clustering, a cost per image whatever its size, sets the pace) and
 prints each kind of process's peak memory at both counts and their ratio: flat means ≈ 1.
 
+``--repeat N`` runs each setting N times, each run bracketed by its own reference measurements, and
+prints the median ratio: on a machine whose speed drifts by 10-20% over minutes, one run's ratio
+moves by several points.
+
     .venv/bin/python bench/pipeline.py [--quick] [--images 1000 10000] [--worker-processes 1 2 1,text=2]
+    .venv/bin/python bench/pipeline.py --images 1000 --worker-processes 1,text=2,faces=2 --repeat 3
     .venv/bin/python bench/pipeline.py --memory
 """
 
@@ -33,6 +38,7 @@ import io
 import os
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,7 +181,16 @@ def run_pipeline(
     images: list[bytes], count: int, worker_processes: str, folder: Path
 ) -> tuple[float, int, int, dict[int, tuple[str, float]]]:
     """Seconds from first upload to last completed, images finished, failed, and peak memory."""
-    data_dir = folder / f"up-{count}-{worker_processes.replace(',', '-').replace('=', '')}"
+    # A fresh folder for every run: a second run on the first one's database would find every
+    # upload already there (deduplicated) and have nothing to analyse.
+    data_dir = (
+        Path(
+            tempfile.mkdtemp(
+                prefix=f"up-{count}-{worker_processes.replace(',', '-').replace('=', '')}-", dir=folder
+            )
+        )
+        / "data"
+    )
     peek = PeekUp(data_dir, {"PEEK_WORKER_PROCESSES": worker_processes})
     try:
         warm_up(peek, images)
@@ -324,6 +339,12 @@ def main(argv: list[str] | None = None) -> None:
         help="PEEK_WORKER_PROCESSES settings to compare (default: 1, 2 and the default setting)",
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each setting, each bracketed by its own reference measurements; the median ratio is printed",
+    )
+    parser.add_argument(
         "--memory", action="store_true", help="peak memory from 1,000 to 10,000 images (no rates)"
     )
     args = parser.parse_args(argv)
@@ -360,29 +381,57 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="peek-bench-pipeline-") as folder:
         for processes in worker_settings:
             for count in counts:
-                seconds, finished, failed, peaks = run_pipeline(images, count, processes, Path(folder))
-                alone_after, each_after = reference_rates(sample)
-                reference, reference_each = (alone + alone_after) / 2, (each + each_after) / 2
-                rate = finished / seconds
-                print(
-                    f"pipeline, PEEK_WORKER_PROCESSES={processes}, {count} images: {finished} finished "
-                    f"({failed} failed) in {seconds:.1f} s = {rate:.2f} images/s → "
-                    f"{rate / baseline_rate:.1f}× baseline (target ≥ 10×), "
-                    f"{rate / reference:.2f} of analyzers alone (target ≥ 0.85; {rate / reference_each:.2f} "
-                    "of them decoding for themselves)"
-                )
-                print(
-                    f"  analyzers alone measured again after this run: {alone_after:.2f} images/s "
-                    f"({each_after:.2f} each decoding); the ratios use the means with the run before, "
-                    f"{reference:.2f} ({reference_each:.2f})"
-                )
-                alone, each = alone_after, each_after
-                biggest = sorted(peaks.values(), key=lambda item: -item[1])
-                total = sum(mb for _, mb in biggest)
-                print(
-                    f"  peak RSS at {count} images: total {total:.0f} MB; "
-                    + ", ".join(f"{name} {mb:.0f}" for name, mb in biggest if mb > 0)
-                )
+                ratios: list[tuple[float, float]] = []
+                for _ in range(args.repeat):
+                    alone, each = _bracketed_run(
+                        images, count, processes, Path(folder), sample, baseline_rate, alone, each, ratios
+                    )
+                if args.repeat > 1:
+                    print(
+                        f"  median of {args.repeat} runs, PEEK_WORKER_PROCESSES={processes}, {count} images: "
+                        f"{statistics.median(r for r, _ in ratios):.3f} of analyzers alone "
+                        f"({', '.join(f'{r:.3f}' for r, _ in ratios)}; target ≥ 0.85), "
+                        f"{statistics.median(e for _, e in ratios):.3f} of them decoding for themselves"
+                    )
+
+
+def _bracketed_run(
+    images: list[bytes],
+    count: int,
+    processes: str,
+    folder: Path,
+    sample: list[bytes],
+    baseline_rate: float,
+    alone: float,
+    each: float,
+    ratios: list[tuple[float, float]],
+) -> tuple[float, float]:
+    """One pipeline run, compared with the mean of the reference rates measured before and after it;
+    appends (ratio to the analyzers alone, ratio to them each decoding) and returns the rates after."""
+    seconds, finished, failed, peaks = run_pipeline(images, count, processes, folder)
+    alone_after, each_after = reference_rates(sample)
+    reference, reference_each = (alone + alone_after) / 2, (each + each_after) / 2
+    rate = finished / seconds
+    print(
+        f"pipeline, PEEK_WORKER_PROCESSES={processes}, {count} images: {finished} finished "
+        f"({failed} failed) in {seconds:.1f} s = {rate:.2f} images/s → "
+        f"{rate / baseline_rate:.1f}× baseline (target ≥ 10×), "
+        f"{rate / reference:.3f} of analyzers alone (target ≥ 0.85; {rate / reference_each:.3f} "
+        "of them decoding for themselves)"
+    )
+    print(
+        f"  analyzers alone measured again after this run: {alone_after:.2f} images/s "
+        f"({each_after:.2f} each decoding); the ratios use the means with the run before, "
+        f"{reference:.2f} ({reference_each:.2f})"
+    )
+    ratios.append((rate / reference, rate / reference_each))
+    biggest = sorted(peaks.values(), key=lambda item: -item[1])
+    total = sum(mb for _, mb in biggest)
+    print(
+        f"  peak RSS at {count} images: total {total:.0f} MB; "
+        + ", ".join(f"{name} {mb:.0f}" for name, mb in biggest if mb > 0)
+    )
+    return alone_after, each_after
 
 
 if __name__ == "__main__":
