@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from infra.kafka import broker_reachable
+from infra.subprocesses import end_process
 
 
 def free_port() -> int:
@@ -56,13 +57,8 @@ class EmbeddedBroker:
         raise RuntimeError(f"the embedded broker did not answer on {self.bootstrap}")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process:
+            end_process(self.process, grace_s=5)
         self.process = None
 
     def __enter__(self) -> EmbeddedBroker:

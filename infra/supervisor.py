@@ -16,6 +16,7 @@ from pathlib import Path
 from infra.broker import EmbeddedBroker
 from infra.kafka import ensure_topics
 from infra.settings import Settings
+from infra.subprocesses import end_process
 
 log = logging.getLogger("peek.up")
 
@@ -83,12 +84,7 @@ class Supervisor:
         for spec in self.specs:
             if spec.name != name or spec.process is None:
                 continue
-            spec.process.terminate()
-            try:
-                spec.process.wait(15)
-            except subprocess.TimeoutExpired:
-                spec.process.kill()
-                spec.process.wait(5)
+            end_process(spec.process, grace_s=15)
             spec.restart_at = 0.0
             self._start(spec)
 
