@@ -183,14 +183,8 @@ def run_pipeline(
     """Seconds from first upload to last completed, images finished, failed, and peak memory."""
     # A fresh folder for every run: a second run on the first one's database would find every
     # upload already there (deduplicated) and have nothing to analyse.
-    data_dir = (
-        Path(
-            tempfile.mkdtemp(
-                prefix=f"up-{count}-{worker_processes.replace(',', '-').replace('=', '')}-", dir=folder
-            )
-        )
-        / "data"
-    )
+    setting = worker_processes.replace(",", "-").replace("=", "")
+    data_dir = Path(tempfile.mkdtemp(prefix=f"up-{count}-{setting}-", dir=folder)) / "data"
     peek = PeekUp(data_dir, {"PEEK_WORKER_PROCESSES": worker_processes})
     try:
         warm_up(peek, images)
@@ -383,9 +377,10 @@ def main(argv: list[str] | None = None) -> None:
             for count in counts:
                 ratios: list[tuple[float, float]] = []
                 for _ in range(args.repeat):
-                    alone, each = _bracketed_run(
-                        images, count, processes, Path(folder), sample, baseline_rate, alone, each, ratios
+                    (alone, each), run_ratios = _bracketed_run(
+                        images, count, processes, Path(folder), sample, baseline_rate, (alone, each)
                     )
+                    ratios.append(run_ratios)
                 if args.repeat > 1:
                     print(
                         f"  median of {args.repeat} runs, PEEK_WORKER_PROCESSES={processes}, {count} images: "
@@ -402,12 +397,11 @@ def _bracketed_run(
     folder: Path,
     sample: list[bytes],
     baseline_rate: float,
-    alone: float,
-    each: float,
-    ratios: list[tuple[float, float]],
-) -> tuple[float, float]:
-    """One pipeline run, compared with the mean of the reference rates measured before and after it;
-    appends (ratio to the analyzers alone, ratio to them each decoding) and returns the rates after."""
+    before: tuple[float, float],
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """One pipeline run, compared with the mean of the reference rates (alone, each decoding)
+    measured ``before`` it and after it. Returns the rates after, and the run's ratios to both."""
+    alone, each = before
     seconds, finished, failed, peaks = run_pipeline(images, count, processes, folder)
     alone_after, each_after = reference_rates(sample)
     reference, reference_each = (alone + alone_after) / 2, (each + each_after) / 2
@@ -424,14 +418,13 @@ def _bracketed_run(
         f"({each_after:.2f} each decoding); the ratios use the means with the run before, "
         f"{reference:.2f} ({reference_each:.2f})"
     )
-    ratios.append((rate / reference, rate / reference_each))
     biggest = sorted(peaks.values(), key=lambda item: -item[1])
     total = sum(mb for _, mb in biggest)
     print(
         f"  peak RSS at {count} images: total {total:.0f} MB; "
         + ", ".join(f"{name} {mb:.0f}" for name, mb in biggest if mb > 0)
     )
-    return alone_after, each_after
+    return (alone_after, each_after), (rate / reference, rate / reference_each)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench._procs import children_of
 from infra.broker import free_port
 from infra.settings import embedded_environment
 from tests.conftest import wait_final
@@ -86,17 +87,14 @@ class PeekUp:
 
 
 def _broker_pid(up_pid: int) -> int | None:
-    """The embedded broker that ``peek up`` (``up_pid``) runs as its child, if one is running."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    """The embedded broker that ``peek up`` (``up_pid``) runs, if one is running."""
+    for pid in children_of(up_pid):
         try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
+            command = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
             continue
-        if parent == up_pid and b"tansu" in command[0] and b"broker" in command:
-            return int(entry.name)
+        if b"tansu" in command[0] and b"broker" in command:
+            return pid
     return None
 
 
