@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any, cast
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, TypeVar, cast
 
 import aiokafka
 import faust
@@ -84,16 +85,70 @@ def make_app(app_id: str, settings: Settings) -> faust.App:
 async def take_unacked(
     stream: faust.StreamT[Any], max_events: int, within_s: float
 ) -> AsyncIterator[list[faust.EventT]]:
-    """Batches of up to ``max_events`` events, gathered for ``within_s`` seconds, that the caller
-    acknowledges itself (``await stream.ack(event)``) once their outcome is durable.
+    """Batches of up to ``max_events`` events, gathered for ``within_s`` seconds after the first,
+    that the caller acknowledges itself (``await stream.ack(event)``) once their outcome is durable.
 
     Faust's ``take`` acknowledges a batch when the loop asks for the next one, or when the loop is
-    left by an exception: a crash mid-batch would then lose it. ``noack_take`` leaves the
-    acknowledging to us (it yields the events, though its signature speaks of values).
+    left by an exception: a crash mid-batch would then lose it. Its ``noack_take`` leaves the
+    acknowledging to the caller but wakes every ``within_s`` even when nothing arrives, and on
+    an idle sink those wake-ups were most of its CPU. Here the events come from a stream whose
+    acknowledging is manual (``noack``), and the waiting is ``gather_batches``'s.
     """
-    concrete = cast("faust.Stream[Any]", stream)
-    async for events in concrete.noack_take(max_events, within=within_s):
-        yield cast("list[faust.EventT]", events)
+    async for events in gather_batches(stream.noack().events(), max_events, within_s):
+        yield events
+
+
+_T = TypeVar("_T")
+_ENDED = object()
+
+
+async def gather_batches(items: AsyncIterable[_T], max_items: int, within_s: float) -> AsyncIterator[list[_T]]:
+    """Batches of up to ``max_items``: wait, with no timer running, for a first item, then take
+    what else arrives within ``within_s``. A task reads up to ``max_items`` ahead meanwhile, so the
+    next batch gathers while the caller works on this one. Ends when ``items`` ends; raises what
+    ``items`` raised, after the items before the error."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Queue[_T] = asyncio.Queue(max_items)
+
+    async def read_ahead() -> None:
+        async for item in items:
+            await ready.put(item)
+
+    reading = asyncio.ensure_future(read_ahead())
+    try:
+        while (first := await _next_or_end(ready, reading)) is not _ENDED:
+            batch = [cast(_T, first)]
+            deadline = loop.time() + within_s
+            while len(batch) < max_items:
+                if not ready.empty():
+                    batch.append(ready.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0 or reading.done():
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(ready.get(), remaining))
+                except TimeoutError:
+                    break
+            yield batch
+    finally:
+        reading.cancel()
+
+
+async def _next_or_end(ready: asyncio.Queue[_T], reading: asyncio.Future[None]) -> _T | object:
+    """The next item, waiting as long as it takes; ``_ENDED`` once the reader has finished and
+    everything it read was taken; the reader's exception if it failed."""
+    if ready.empty() and not reading.done():
+        getting = asyncio.ensure_future(ready.get())
+        await asyncio.wait({getting, reading}, return_when=asyncio.FIRST_COMPLETED)
+        if getting.done():
+            return getting.result()
+        # Cancelled before it took anything: an item put meanwhile stays in the queue.
+        getting.cancel()
+    if not ready.empty():
+        return ready.get_nowait()
+    reading.result()
+    return _ENDED
 
 
 async def send_delivered(
