@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ _FORMATS = {
 _WHITE = (255, 255, 255)
 # JPEG markers: start of scan, quantisation tables, and the frame headers (SOF0-15 but DHT, JPG, DAC).
 _SOS, _DQT = 0xDA, 0xDB
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 MAX_SIDE = 4096  # the largest side decode_image returns unless asked for less
 _DRAFT_FLOOR = 2048  # the text analyzer's working size; the others look at less
@@ -99,7 +101,7 @@ def probe_image(data: bytes, *, max_pixels: int = 60_000_000) -> ImageInfo:
     image = _open(data, max_pixels)
     short_format, content_type = _FORMATS[image.format or ""]
     width, height = image.size
-    if _turned_by_exif(image):
+    if _turned_by_exif(image, data):
         width, height = height, width  # the size as decoded and shown, so boxes scale back right
     try:
         if image.format == "JPEG":
@@ -113,18 +115,32 @@ def probe_image(data: bytes, *, max_pixels: int = 60_000_000) -> ImageInfo:
     return ImageInfo(format=short_format, content_type=content_type, width=width, height=height)
 
 
-def _turned_by_exif(image: Image.Image) -> bool:
+def _turned_by_exif(image: Image.Image, data: bytes) -> bool:
     """Whether the EXIF orientation turns the image a quarter (tags 5-8: width and height swap)."""
     try:
         if image.format == "PNG":
-            # getexif would read the whole PNG for a late eXIf chunk, and verify must come first.
+            # Pillow sees an eXIf chunk after the pixel data only once it has inflated them (and
+            # verify must come first): the chunks are walked here instead, without inflating.
             exif = Image.Exif()
-            exif.load(image.info.get("exif", b""))
+            exif.load(_png_exif(data))
         else:
             exif = image.getexif()
         return exif.get(_EXIF_ORIENTATION) in (5, 6, 7, 8)
     except Exception:  # noqa: BLE001 - unreadable EXIF: decoders ignore it too
         return False
+
+
+def _png_exif(data: bytes) -> bytes:
+    """The payload of a PNG's eXIf chunk, before or after the pixel data; empty when it has none."""
+    offset = len(_PNG_SIGNATURE)
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        if kind == b"eXIf":
+            return data[offset + 8 : offset + 8 + length]
+        if kind == b"IEND":
+            break
+        offset += 12 + length  # length, type, data, CRC
+    return b""
 
 
 def _check_jpeg_scan(data: bytes) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -72,6 +74,27 @@ def test_probe_reports_the_size_as_shown(fmt: str, orientation: int, shown: tupl
     assert (info.width, info.height) == shown
     assert decode_image(data).shape[:2] == (shown[1], shown[0])
     assert decode_image(data, gray=True).shape == (shown[1], shown[0])
+
+
+def _png_with_exif_after_pixels(orientation: int) -> bytes:
+    """A PNG whose eXIf chunk comes after its IDAT, as the PNG spec allows (Pillow writes it before)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    payload = exif.tobytes()
+    png = encode(Image.new("RGB", (40, 20), (10, 200, 10)), "PNG")
+    end = png.rindex(b"IEND") - 4  # the IEND chunk starts with its length
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload
+    chunk += struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    return png[:end] + chunk + png[end:]
+
+
+@pytest.mark.parametrize(("orientation", "shown"), [(1, (40, 20)), (6, (20, 40)), (8, (20, 40))])
+def test_probe_finds_an_exif_chunk_after_the_pixels(orientation: int, shown: tuple[int, int]) -> None:
+    data = _png_with_exif_after_pixels(orientation)
+    assert data.index(b"eXIf") > data.index(b"IDAT")
+    info = probe_image(data)
+    assert (info.width, info.height) == shown
+    assert decode_image(data).shape[:2] == (shown[1], shown[0])
 
 
 def _photo_like(size: tuple[int, int]) -> Image.Image:
