@@ -94,7 +94,8 @@ async def take_unacked(
     an idle sink those wake-ups were most of its CPU. Here the events come from a stream whose
     acknowledging is manual (``noack``), and the waiting is ``gather_batches``'s.
     """
-    async for events in gather_batches(stream.noack().events(), max_events, within_s):
+    manual = cast("faust.Stream[Any]", stream).noack()
+    async for events in gather_batches(manual.events(), max_events, within_s):
         yield events
 
 
@@ -102,7 +103,9 @@ _T = TypeVar("_T")
 _ENDED = object()
 
 
-async def gather_batches(items: AsyncIterable[_T], max_items: int, within_s: float) -> AsyncIterator[list[_T]]:
+async def gather_batches(
+    items: AsyncIterable[_T], max_items: int, within_s: float
+) -> AsyncIterator[list[_T]]:
     """Batches of up to ``max_items``: wait, with no timer running, for a first item, then take
     what else arrives within ``within_s``. A task reads up to ``max_items`` ahead meanwhile, so the
     next batch gathers while the caller works on this one. Ends when ``items`` ends; raises what
@@ -140,7 +143,8 @@ async def _next_or_end(ready: asyncio.Queue[_T], reading: asyncio.Future[None]) 
     everything it read was taken; the reader's exception if it failed."""
     if ready.empty() and not reading.done():
         getting = asyncio.ensure_future(ready.get())
-        await asyncio.wait({getting, reading}, return_when=asyncio.FIRST_COMPLETED)
+        either: list[asyncio.Future[Any]] = [getting, reading]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if getting.done():
             return getting.result()
         # Cancelled before it took anything: an item put meanwhile stays in the queue.
