@@ -28,8 +28,8 @@ _FORMATS = {
 _WHITE = (255, 255, 255)
 # JPEG markers: start of scan, quantisation tables, and the frame headers (SOF0-15 but DHT, JPG, DAC).
 _SOS, _DQT = 0xDA, 0xDB
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_SIDE = 4096  # the largest side decode_image returns unless asked for less
 _DRAFT_FLOOR = 2048  # the text analyzer's working size; the others look at less
 _EXIF_ORIENTATION = 0x0112

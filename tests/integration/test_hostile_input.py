@@ -26,7 +26,7 @@ from PIL import Image, PngImagePlugin
 
 from infra.broker import EmbeddedBroker
 from infra.kafka import ensure_topics
-from tests import services
+from tests import png, services
 from tests.conftest import service_env
 
 PARTITIONS = 2
@@ -41,17 +41,11 @@ def image_bytes(fmt: str, size: tuple[int, int] = (64, 48), seed: int = 7) -> by
     return buffer.getvalue()
 
 
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-    )
-
-
 def png_bomb(side: int = 100_000) -> bytes:
     """A few hundred bytes of PNG whose header claims side × side pixels."""
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
     pixels = zlib.compress(b"\x00" * 200_000, 9)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", pixels) + _chunk(b"IEND", b"")
+    return png.SIGNATURE + png.chunk(b"IHDR", header) + png.chunk(b"IDAT", pixels) + png.chunk(b"IEND", b"")
 
 
 def gif_bomb(side: int = 65_535) -> bytes:

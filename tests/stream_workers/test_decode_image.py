@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import cv2
 import numpy as np
@@ -12,6 +10,7 @@ import pytest
 from PIL import Image
 
 from stream_workers.decode import DecodeError, decode_image, probe_image
+from tests import png
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -81,11 +80,9 @@ def _png_with_exif_after_pixels(orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
     payload = exif.tobytes()
-    png = encode(Image.new("RGB", (40, 20), (10, 200, 10)), "PNG")
-    end = png.rindex(b"IEND") - 4  # the IEND chunk starts with its length
-    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload
-    chunk += struct.pack(">I", zlib.crc32(b"eXIf" + payload))
-    return png[:end] + chunk + png[end:]
+    data = encode(Image.new("RGB", (40, 20), (10, 200, 10)), "PNG")
+    end = data.rindex(b"IEND") - 4  # the IEND chunk starts with its length
+    return data[:end] + png.chunk(b"eXIf", payload) + data[end:]
 
 
 @pytest.mark.parametrize(("orientation", "shown"), [(1, (40, 20)), (6, (20, 40)), (8, (20, 40))])
