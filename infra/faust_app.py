@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any, TypeVar, cast
 
 import aiokafka
@@ -159,8 +159,20 @@ async def send_delivered(
     topic: faust.TopicT, key: str, value: bytes, headers: dict[str, bytes] | None = None
 ) -> None:
     """Produce and wait until the broker acknowledges, so offsets commit only after our output exists."""
-    pending = await topic.send(key=key.encode(), value=value, headers=headers, force=True)
-    await pending
+    await send_all_delivered(topic, [(key, value, headers)])
+
+
+async def send_all_delivered(
+    topic: faust.TopicT, messages: Sequence[tuple[str, bytes, dict[str, bytes] | None]]
+) -> None:
+    """Produce every (key, value, headers), then wait until the broker acknowledges them all.
+    Handed to the producer together, they share produce requests; raises the first failure."""
+    pending = [
+        await topic.send(key=key.encode(), value=value, headers=headers, force=True)
+        for key, value, headers in messages
+    ]
+    for delivery in pending:
+        await delivery
 
 
 async def dead_letter(app: faust.App, event: faust.EventT, reason: str) -> None:

@@ -90,8 +90,10 @@ class Settings(BaseSettings):
     # Pipeline shape and tuning.
     analyzers: str = Field(",".join(ALL_ANALYZERS), validation_alias=AliasChoices("PEEK_ANALYZERS"))
     topic_partitions: int = Field(6, validation_alias=AliasChoices("PEEK_TOPIC_PARTITIONS"))
-    # Images in flight per analyzer worker; 0 = twice its analysis processes, so that each process
-    # has its next image waiting while the worker publishes the last one's result.
+    # Images in flight per analyzer worker; 0 = 8 per analysis process. The worker takes what is
+    # waiting in batches of up to this many (shared among one stream reader per process) and
+    # publishes each batch's partials together: a lone upload is a batch of one, and under a
+    # backlog fewer, fuller produce requests halve the worker's own CPU per image (bench/pipeline.py).
     worker_concurrency: int = Field(0, ge=0, validation_alias=AliasChoices("PEEK_WORKER_CONCURRENCY"))
     # Analysis processes per analyzer worker: "N" for every analyzer, "N,text=M,..." to give some
     # their own count, 0 for in-process threads. Text costs about half of all analysis and faces
@@ -161,7 +163,7 @@ class Settings(BaseSettings):
 
     def concurrency_for(self, analyzer: str) -> int:
         """Images one analyzer's worker has in flight at once (PEEK_WORKER_CONCURRENCY)."""
-        return self.worker_concurrency or 2 * max(1, self.processes_for(analyzer))
+        return self.worker_concurrency or 8 * max(1, self.processes_for(analyzer))
 
     @property
     def analyzer_names(self) -> list[str]:

@@ -41,11 +41,13 @@ def test_unreadable_process_counts_are_refused_with_the_analyzer_names(
         Settings()
 
 
-def test_each_worker_keeps_twice_its_processes_in_flight_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_worker_keeps_eight_images_per_process_in_flight_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("PEEK_WORKER_PROCESSES", "1,text=3")
     monkeypatch.delenv("PEEK_WORKER_CONCURRENCY", raising=False)
-    assert [Settings().concurrency_for(name) for name in ("colors", "text")] == [2, 6]
-    monkeypatch.setenv("PEEK_WORKER_PROCESSES", "0")  # threads in the worker: still two at once
-    assert Settings().concurrency_for("colors") == 2
+    assert [Settings().concurrency_for(name) for name in ("colors", "text")] == [8, 24]
+    monkeypatch.setenv("PEEK_WORKER_PROCESSES", "0")  # threads in the worker: as for one process
+    assert Settings().concurrency_for("colors") == 8
     monkeypatch.setenv("PEEK_WORKER_CONCURRENCY", "5")
     assert Settings().concurrency_for("text") == 5

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -314,29 +314,73 @@ def test_poison_events_go_to_the_dead_letter_topic_and_the_partition_moves_on(
     results = harness.wait_all_final(after)
     assert all(result["status"] == "completed" for result in results.values())
 
+    wanted = {words for _, _, words in poison}
+    letters = dead_letters(
+        harness.broker.bootstrap, lambda seen: all(any(w in h["peek_reason"] for h in seen) for w in wanted)
+    )
+    reasons = [headers["peek_reason"] for headers in letters]
+    assert all(h["peek_source_topic"] in ("image.uploaded", "image.analysis.partial") for h in letters)
+    for words in wanted:
+        assert any(words in reason for reason in reasons), (words, reasons)
+
+
+def dead_letters(bootstrap: str, enough: Callable[[list[dict[str, str]]], bool]) -> list[dict[str, str]]:
+    """The headers of the dead letters, read from the start until ``enough`` says so (60 s at most)."""
     consumer = Consumer(
         {
-            "bootstrap.servers": harness.broker.bootstrap,
+            "bootstrap.servers": bootstrap,
             "group.id": f"dlq-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
         }
     )
     consumer.subscribe(["peek.dead-letter"])
-    reasons: list[str] = []
+    seen: list[dict[str, str]] = []
     deadline = time.monotonic() + 60
-    wanted = {words for _, _, words in poison}
     try:
-        while time.monotonic() < deadline and not all(any(w in r for r in reasons) for w in wanted):
+        while time.monotonic() < deadline and not enough(seen):
             message = consumer.poll(1.0)
-            if message is None or message.error():
-                continue
-            headers = dict(message.headers() or [])
-            reasons.append(headers["peek_reason"].decode())
-            assert headers["peek_source_topic"] in (b"image.uploaded", b"image.analysis.partial")
+            if message is not None and not message.error():
+                seen.append({name: value.decode() for name, value in message.headers() or []})
     finally:
         consumer.close()
-    for words in wanted:
-        assert any(words in reason for reason in reasons), (words, reasons)
+    return seen
+
+
+def test_a_backlog_with_poison_in_it_is_worked_off_in_mixed_batches(harness: Harness, corpus) -> None:
+    # The quality worker is away while poison and good images queue up, so that it comes back to
+    # a backlog and takes them in batches that mix the two.
+    harness.peek.stop("worker-quality")
+    producer = Producer({"bootstrap.servers": harness.broker.bootstrap})
+    poisoned: set[tuple[str, str]] = set()
+
+    def remember(error: object, message: object) -> None:
+        poisoned.add((str(message.partition()), str(message.offset())))  # type: ignore[attr-defined]
+
+    for partition in range(PARTITIONS):
+        producer.produce("image.uploaded", b"{not json", key=b"1", partition=partition, on_delivery=remember)
+    producer.flush(10)
+    names = ["apple.jpg", "orange.jpg", "board.jpg", "stuff.jpg", "plant.jpg", "butterfly.jpg"]
+    ids = [harness.upload(corpus, name).json()["id"] for name in names]
+    for partition in range(PARTITIONS):
+        producer.produce("image.uploaded", b"{not json", key=b"1", partition=partition, on_delivery=remember)
+    producer.flush(10)
+    harness.peek.start_workers(["quality"])
+
+    results = harness.wait_all_final(ids)
+    for result in results.values():
+        assert result["status"] == "completed"
+        assert result["analyzers"]["quality"]["status"] == "ok"
+    harness.assert_nothing_twice()
+
+    def parked(seen: list[dict[str, str]]) -> set[tuple[str, str]]:
+        return {
+            (h["peek_source_partition"], h["peek_source_offset"])
+            for h in seen
+            if h["peek_consumer"] == "peek-quality"
+        }
+
+    letters = dead_letters(harness.broker.bootstrap, lambda seen: parked(seen) >= poisoned)
+    assert parked(letters) >= poisoned and len(poisoned) == 2 * PARTITIONS
 
 
 def test_a_hung_analyzer_becomes_an_error_partial_and_holds_nothing_up(harness: Harness, corpus) -> None:
