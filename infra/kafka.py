@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -127,18 +127,37 @@ class EventProducer:
 
     def send_sync(self, topic: str, key: str, value: bytes, headers: Headers | None = None) -> None:
         """Produce from plain (non-async) code and wait for delivery."""
+        self.send_all_sync(topic, [(key, value, headers)])
+
+    def send_all_sync(self, topic: str, messages: Sequence[tuple[str, bytes, Headers | None]]) -> None:
+        """Produce every (key, value, headers) from plain code, then wait once for all deliveries:
+        they share produce requests and the waits overlap. Raises the first failure."""
         errors: list[KafkaError] = []
-        delivered = threading.Event()
+        outstanding = len(messages)
+        all_delivered = threading.Event()
+        lock = threading.Lock()
 
         def on_delivery(error: KafkaError | None, _message: object) -> None:
-            if error is not None:
-                errors.append(error)
-            delivered.set()
+            nonlocal outstanding
+            with lock:
+                if error is not None:
+                    errors.append(error)
+                outstanding -= 1
+                if outstanding == 0:
+                    all_delivered.set()
 
-        self._producer.produce(
-            topic, key=key, value=value, headers=_encode_headers(headers), on_delivery=on_delivery
-        )
-        if not delivered.wait(self.delivery_timeout_s + 1):
+        if not messages:
+            return
+        for key, value, headers in messages:
+            try:
+                self._producer.produce(
+                    topic, key=key, value=value, headers=_encode_headers(headers), on_delivery=on_delivery
+                )
+            except BufferError as exc:
+                raise DeliveryError("the producer queue is full; the broker is not keeping up") from exc
+            except KafkaException as exc:
+                raise DeliveryError(f"could not produce: {exc}") from exc
+        if not all_delivered.wait(self.delivery_timeout_s + 1):
             raise DeliveryError("the broker did not acknowledge the event in time")
         if errors:
             raise DeliveryError(f"broker refused the event: {errors[0].str()}")

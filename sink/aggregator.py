@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,12 +51,6 @@ class Aggregator:
     producer: EventProducer
     cache: ResultCache
     on_completed: list[CompletionHook] = field(default_factory=list)
-    # Threads that wait for deliveries side by side (see _send_all).
-    _senders: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=16, thread_name_prefix="completed-send"),
-        init=False,
-        repr=False,
-    )
 
     def _announce(self, completed: list[tuple[dict[str, Any], str | None]]) -> None:
         """Tell the hooks (long-poll notices, webhooks) about committed completions; a failing hook
@@ -132,19 +125,11 @@ class Aggregator:
             )
             views.append(view)
             messages.append((str(image.id), completed.to_bytes(), headers))
-        self._send_all(ANALYSIS_COMPLETED, messages)
+        self.producer.send_all_sync(ANALYSIS_COMPLETED, messages)
         session.flush()
         for (image, _), view in zip(finished, views, strict=True):
             self.cache.set(image.id, view, self.settings.result_cache_ttl_s)
         return views
-
-    def _send_all(self, topic: str, messages: list[tuple[str, bytes, dict[str, bytes]]]) -> None:
-        """Produce every message and wait for every delivery: the waits overlap, so a batch costs
-        about one broker round trip, not one per message. Raises the first failure."""
-        if len(messages) == 1:
-            self.producer.send_sync(topic, *messages[0])
-            return
-        list(self._senders.map(lambda message: self.producer.send_sync(topic, *message), messages))
 
     def reemit_processing(self) -> int:
         """Emit ``image.uploaded`` again for every unfinished image (after a broker that forgot)."""

@@ -268,7 +268,7 @@ def test_a_failure_while_applying_a_batch_keeps_none_of_it_and_loses_none_of_it(
         raise DeliveryError("broker refused the event: injected")
 
     with monkeypatch.context() as patch:
-        patch.setattr(aggregator.producer, "send_sync", refuse)
+        patch.setattr(aggregator.producer, "send_all_sync", refuse)
         with pytest.raises(DeliveryError):
             aggregator.apply_partials(batch)
     # All or nothing: no partial of the batch is kept, no image finished, nothing announced.
