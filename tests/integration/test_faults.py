@@ -356,21 +356,19 @@ def test_a_backlog_with_poison_in_it_is_worked_off_in_mixed_batches(harness: Har
     def remember(error: object, message: object) -> None:
         poisoned.add((str(message.partition()), str(message.offset())))  # type: ignore[attr-defined]
 
-    for partition in range(PARTITIONS):
-        producer.produce("image.uploaded", b"{not json", key=b"1", partition=partition, on_delivery=remember)
-    producer.flush(10)
+    def poison_every_partition() -> None:
+        for partition in range(PARTITIONS):
+            producer.produce(
+                "image.uploaded", b"{not json", key=b"1", partition=partition, on_delivery=remember
+            )
+        producer.flush(10)
+
+    poison_every_partition()
     names = ["apple.jpg", "orange.jpg", "board.jpg", "stuff.jpg", "plant.jpg", "butterfly.jpg"]
     ids = [harness.upload(corpus, name).json()["id"] for name in names]
-    for partition in range(PARTITIONS):
-        producer.produce("image.uploaded", b"{not json", key=b"1", partition=partition, on_delivery=remember)
-    producer.flush(10)
+    poison_every_partition()
     harness.peek.start_workers(["quality"])
-
-    results = harness.wait_all_final(ids)
-    for result in results.values():
-        assert result["status"] == "completed"
-        assert result["analyzers"]["quality"]["status"] == "ok"
-    harness.assert_nothing_twice()
+    assert_completed_with_quality(harness, ids)
 
     def parked(seen: list[dict[str, str]]) -> set[tuple[str, str]]:
         return {
@@ -432,8 +430,12 @@ def test_a_worker_killed_mid_image_loses_nothing(harness: Harness, corpus) -> No
     time.sleep(8)  # the slow worker has joined its group and holds the images
     harness.peek.stop("worker-quality", signal.SIGKILL)
     harness.peek.start_workers(["quality"])
-    results = harness.wait_all_final(ids)
-    for result in results.values():
+    assert_completed_with_quality(harness, ids)
+
+
+def assert_completed_with_quality(harness: Harness, ids: list[int]) -> None:
+    """Every image ends completed with quality's part ok, and no partial was recorded twice."""
+    for result in harness.wait_all_final(ids).values():
         assert result["status"] == "completed"
         assert result["analyzers"]["quality"]["status"] == "ok"
     harness.assert_nothing_twice()
