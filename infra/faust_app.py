@@ -10,6 +10,7 @@ from typing import Any, TypeVar, cast
 import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from faust.utils.terminal import SpinnerHandler
 
 from infra.settings import Settings
@@ -30,6 +31,21 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """The offset to commit for ``tp``, never past an event that is still being processed.
+
+        Faust commits the first run of consecutive acknowledged offsets, and its check for an
+        unacknowledged offset in front of that run lets a gap of one through (``min(acked) -
+        committed > 1``). Events acknowledged out of order (a worker's stream readers finish
+        their batches in any order) could then commit past one still in flight, and a restart
+        would skip it. Nothing is committed while the oldest event in flight precedes them all.
+        """
+        acked = self._acked[tp]
+        in_flight = [message.offset for message in self._unacked_messages if message.tp == tp]
+        if acked and in_flight and min(in_flight) < min(acked):
+            return None
+        return cast("int | None", super()._new_offset(tp))
 
 
 class _Transport(faust_aiokafka.Transport):
