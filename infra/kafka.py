@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -108,18 +108,7 @@ class EventProducer:
 
             loop.call_soon_threadsafe(settle)
 
-        try:
-            self._producer.produce(
-                topic,
-                key=key,
-                value=value,
-                headers=_encode_headers(headers),
-                on_delivery=on_delivery,
-            )
-        except BufferError as exc:
-            raise DeliveryError("the producer queue is full; the broker is not keeping up") from exc
-        except KafkaException as exc:
-            raise DeliveryError(f"could not produce: {exc}") from exc
+        self._produce(topic, key, value, headers, on_delivery)
         try:
             return await asyncio.wait_for(done, self.delivery_timeout_s + 1)
         except TimeoutError as exc:
@@ -132,6 +121,8 @@ class EventProducer:
     def send_all_sync(self, topic: str, messages: Sequence[tuple[str, bytes, Headers | None]]) -> None:
         """Produce every (key, value, headers) from plain code, then wait once for all deliveries:
         they share produce requests and the waits overlap. Raises the first failure."""
+        if not messages:
+            return
         errors: list[KafkaError] = []
         outstanding = len(messages)
         all_delivered = threading.Event()
@@ -146,21 +137,30 @@ class EventProducer:
                 if outstanding == 0:
                     all_delivered.set()
 
-        if not messages:
-            return
         for key, value, headers in messages:
-            try:
-                self._producer.produce(
-                    topic, key=key, value=value, headers=_encode_headers(headers), on_delivery=on_delivery
-                )
-            except BufferError as exc:
-                raise DeliveryError("the producer queue is full; the broker is not keeping up") from exc
-            except KafkaException as exc:
-                raise DeliveryError(f"could not produce: {exc}") from exc
+            self._produce(topic, key, value, headers, on_delivery)
         if not all_delivered.wait(self.delivery_timeout_s + 1):
             raise DeliveryError("the broker did not acknowledge the event in time")
         if errors:
             raise DeliveryError(f"broker refused the event: {errors[0].str()}")
+
+    def _produce(
+        self,
+        topic: str,
+        key: str,
+        value: bytes,
+        headers: Headers | None,
+        on_delivery: Callable[[KafkaError | None, object], None],
+    ) -> None:
+        """Hand one message to librdkafka; a refusal there is a DeliveryError in words."""
+        try:
+            self._producer.produce(
+                topic, key=key, value=value, headers=_encode_headers(headers), on_delivery=on_delivery
+            )
+        except BufferError as exc:
+            raise DeliveryError("the producer queue is full; the broker is not keeping up") from exc
+        except KafkaException as exc:
+            raise DeliveryError(f"could not produce: {exc}") from exc
 
     def close(self) -> None:
         self._producer.flush(5)
