@@ -178,17 +178,41 @@ async def send_delivered(
     await send_all_delivered(topic, [(key, value, headers)])
 
 
+# How long to wait before sending again what the broker did not take.
+RESEND_AFTER_S = 1.0
+
+
 async def send_all_delivered(
     topic: faust.TopicT, messages: Sequence[tuple[str, bytes, dict[str, bytes] | None]]
 ) -> None:
     """Produce every (key, value, headers), then wait until the broker acknowledges them all.
-    Handed to the producer together, they share produce requests; raises the first failure."""
-    pending = [
-        await topic.send(key=key.encode(), value=value, headers=headers, force=True)
-        for key, value, headers in messages
-    ]
-    for delivery in pending:
-        await delivery
+    Handed to the producer together, they share produce requests.
+
+    What the broker refuses (away, or back empty and without the topic yet) is sent again, all of
+    it, until it is taken: the caller acknowledges its events only after this returns, and an
+    exception here would end the stream reader that called it while its events stay unacknowledged
+    in memory, neither processed nor given to anyone else. Duplicates are harmless downstream.
+    """
+    while True:
+        try:
+            pending = [
+                await topic.send(key=key.encode(), value=value, headers=headers, force=True)
+                for key, value, headers in messages
+            ]
+            outcomes = await asyncio.gather(*pending, return_exceptions=True)
+        except Exception as exc:
+            outcomes = [exc]
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if not failures:
+            return
+        log.error(
+            "could not publish %s messages to %s (%r); sending them again in %.0f s",
+            len(messages),
+            topic.get_topic_name(),
+            failures[0],
+            RESEND_AFTER_S,
+        )
+        await asyncio.sleep(RESEND_AFTER_S)
 
 
 async def dead_letter(app: faust.App, event: faust.EventT, reason: str) -> None:
