@@ -6,8 +6,9 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas.topics import ALL_TOPICS
@@ -55,6 +56,43 @@ def broker_reachable(bootstrap: str, timeout_s: float = 2.0) -> bool:
         return True
     except KafkaException:
         return False
+
+
+@dataclass(frozen=True)
+class GroupPositions:
+    """Where a consumer group stands on one topic."""
+
+    committed: dict[int, int]  # partition → committed offset, for the partitions it ever committed
+    watermarks: dict[int, tuple[int, int]]  # partition → (low, high); empty unless asked for
+
+
+def group_positions(
+    bootstrap: str, group: str, topic: str, *, watermarks: bool = True, timeout_s: float = 3.0
+) -> GroupPositions | None:
+    """A consumer group's committed offsets on a topic, and the topic's watermarks; None when the
+    topic does not exist. Raises KafkaException when the broker cannot be asked.
+
+    Asked through a consumer that never joins the group: the admin client's offset listing can
+    abort the whole process when the broker goes away mid-request (librdkafka issues 3663, 4605).
+    """
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return None
+        partitions = [TopicPartition(topic, number) for number in sorted(metadata.partitions)]
+        committed = {
+            position.partition: position.offset
+            for position in consumer.committed(partitions, timeout=timeout_s)
+            if position.offset >= 0
+        }
+        marks = {
+            position.partition: consumer.get_watermark_offsets(position, timeout=timeout_s, cached=False)
+            for position in (partitions if watermarks else [])
+        }
+        return GroupPositions(committed, marks)
+    finally:
+        consumer.close()
 
 
 def _encode_headers(headers: Headers | None) -> list[tuple[str, str | bytes | None]] | None:
@@ -114,35 +152,47 @@ class EventProducer:
         except TimeoutError as exc:
             raise DeliveryError("the broker did not acknowledge the event in time") from exc
 
-    def send_sync(self, topic: str, key: str, value: bytes, headers: Headers | None = None) -> None:
-        """Produce from plain (non-async) code and wait for delivery."""
-        self.send_all_sync(topic, [(key, value, headers)])
+    def send_sync(
+        self, topic: str, key: str, value: bytes, headers: Headers | None = None
+    ) -> tuple[int, int]:
+        """Produce from plain (non-async) code and wait for delivery; returns (partition, offset)."""
+        return self.send_all_sync(topic, [(key, value, headers)])[0]
 
-    def send_all_sync(self, topic: str, messages: Sequence[tuple[str, bytes, Headers | None]]) -> None:
+    def send_all_sync(
+        self, topic: str, messages: Sequence[tuple[str, bytes, Headers | None]]
+    ) -> list[tuple[int, int]]:
         """Produce every (key, value, headers) from plain code, then wait once for all deliveries:
-        they share produce requests and the waits overlap. Raises the first failure."""
+        they share produce requests and the waits overlap. Returns each message's (partition,
+        offset), in order; raises the first failure."""
         if not messages:
-            return
+            return []
         errors: list[KafkaError] = []
+        positions: list[tuple[int, int]] = [(-1, -1)] * len(messages)
         outstanding = len(messages)
         all_delivered = threading.Event()
         lock = threading.Lock()
 
-        def on_delivery(error: KafkaError | None, _message: object) -> None:
-            nonlocal outstanding
-            with lock:
-                if error is not None:
-                    errors.append(error)
-                outstanding -= 1
-                if outstanding == 0:
-                    all_delivered.set()
+        def on_delivery_of(index: int) -> Callable[[KafkaError | None, object], None]:
+            def on_delivery(error: KafkaError | None, message: object) -> None:
+                nonlocal outstanding
+                with lock:
+                    if error is not None:
+                        errors.append(error)
+                    else:
+                        positions[index] = (message.partition(), message.offset())  # type: ignore[attr-defined]
+                    outstanding -= 1
+                    if outstanding == 0:
+                        all_delivered.set()
 
-        for key, value, headers in messages:
-            self._produce(topic, key, value, headers, on_delivery)
+            return on_delivery
+
+        for index, (key, value, headers) in enumerate(messages):
+            self._produce(topic, key, value, headers, on_delivery_of(index))
         if not all_delivered.wait(self.delivery_timeout_s + 1):
             raise DeliveryError("the broker did not acknowledge the event in time")
         if errors:
             raise DeliveryError(f"broker refused the event: {errors[0].str()}")
+        return positions
 
     def _produce(
         self,

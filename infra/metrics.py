@@ -16,7 +16,8 @@ from prometheus_client import Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
-from schemas.topics import ANALYSIS_PARTIAL, IMAGE_UPLOADED
+from infra.kafka import group_positions
+from schemas.topics import ANALYSIS_PARTIAL, IMAGE_UPLOADED, SINK_GROUP, analyzer_group
 
 log = logging.getLogger(__name__)
 
@@ -45,35 +46,26 @@ def serve_metrics(port: int, process_name: str) -> int | None:
 
 def consumer_groups(analyzer_names: Iterable[str]) -> dict[str, str]:
     """Peek's consumer groups and the topic each consumes."""
-    groups = {f"peek-{name}": IMAGE_UPLOADED for name in analyzer_names}
-    groups["peek-sink"] = ANALYSIS_PARTIAL
+    groups = {analyzer_group(name): IMAGE_UPLOADED for name in analyzer_names}
+    groups[SINK_GROUP] = ANALYSIS_PARTIAL
     return groups
 
 
 def measure_lag(bootstrap: str, groups: dict[str, str], timeout_s: float = 3.0) -> dict[str, int]:
     """Messages not yet committed by each group: high watermark minus committed offset, summed over
     the topic's partitions (a partition the group never committed counts from its low watermark)."""
-    from confluent_kafka import Consumer, TopicPartition
-
     lag: dict[str, int] = {}
     for group, topic in groups.items():
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
         try:
-            metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-            if metadata is None or metadata.error is not None:
-                continue
-            partitions = [TopicPartition(topic, number) for number in sorted(metadata.partitions)]
-            committed = consumer.committed(partitions, timeout=timeout_s)
-            total = 0
-            for position in committed:
-                low, high = consumer.get_watermark_offsets(position, timeout=timeout_s, cached=False)
-                start = position.offset if position.offset >= 0 else low
-                total += max(0, high - start)
-            lag[group] = total
+            positions = group_positions(bootstrap, group, topic, timeout_s=timeout_s)
         except Exception as exc:  # the broker away: report no number rather than a wrong one
             log.warning("could not measure lag of %s: %s", group, exc)
-        finally:
-            consumer.close()
+            continue
+        if positions is not None:
+            lag[group] = sum(
+                max(0, high - positions.committed.get(partition, low))
+                for partition, (low, high) in positions.watermarks.items()
+            )
     return lag
 
 

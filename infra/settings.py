@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(
         1500, ge=10, le=30_000, validation_alias=AliasChoices("PEEK_KAFKA_FETCH_MAX_WAIT_MS")
     )
+    # The reconciler (sink.aggregator.reconcile) looks every interval. An image whose events wait in
+    # Kafka in front of a working analyzer is never overdue; one whose analyzer's offset stood still
+    # for RECONCILE_AFTER_S, or whose fate the broker cannot tell, is re-emitted once it has made no
+    # progress for that long, and given up after MAX_ATTEMPTS emissions.
     reconcile_interval_s: float = Field(10.0, validation_alias=AliasChoices("PEEK_RECONCILE_INTERVAL_S"))
     reconcile_after_s: float = Field(300.0, validation_alias=AliasChoices("PEEK_RECONCILE_AFTER_S"))
     reconcile_max_attempts: int = Field(3, validation_alias=AliasChoices("PEEK_RECONCILE_MAX_ATTEMPTS"))

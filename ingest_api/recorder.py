@@ -8,6 +8,9 @@ gathers, so under load each commit carries many rows and alone an upload waits f
 Deduplication happens in the same transaction: a row whose bytes (sha256) the same owner already
 has, in an image that did not fail, is not inserted; the earlier image is returned instead. Two
 uploads of one file in one group get one image.
+
+Where each upload's event landed in Kafka (``note_event``) is written by the same writer, in the
+next group's transaction: the reconciler reads it, and no upload waits for it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, insert, select, text
+from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -25,6 +28,11 @@ from sink.models import FAILED, PROCESSING, Image, utc_now
 MAX_GROUP = 128
 IMAGES: Table = Image.__table__  # type: ignore[assignment]
 _INSERTED = [column.key for column in IMAGES.columns if column.key != "id"]
+_NOTE_POSITION = (
+    update(IMAGES)
+    .where(IMAGES.c.id == bindparam("image_id"))
+    .values(event_partition=bindparam("partition"), event_offset=bindparam("offset"))
+)
 
 
 @dataclass
@@ -40,6 +48,7 @@ class UploadRecorder:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._waiting: list[_Request] = []
+        self._positions: list[dict[str, int]] = []
         self._writer: asyncio.Task[None] | None = None
 
     async def record(self, row: Image, *, dedup: bool) -> Image:
@@ -48,15 +57,25 @@ class UploadRecorder:
         loop = asyncio.get_running_loop()
         request = _Request(row, dedup, loop.create_future())
         self._waiting.append(request)
-        if self._writer is None or self._writer.done() or self._writer.get_loop() is not loop:
-            self._writer = loop.create_task(self._write_waiting())
+        self._start_writer(loop)
         return await request.done
 
+    def note_event(self, image_id: int, partition: int, offset: int) -> None:
+        """Remember where an image's event landed; written with the next group, never waited for.
+        A position that is never written only costs the reconciler its shortcut for that image."""
+        self._positions.append({"image_id": image_id, "partition": partition, "offset": offset})
+        self._start_writer(asyncio.get_running_loop())
+
+    def _start_writer(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._writer is None or self._writer.done() or self._writer.get_loop() is not loop:
+            self._writer = loop.create_task(self._write_waiting())
+
     async def _write_waiting(self) -> None:
-        while self._waiting:
+        while self._waiting or self._positions:
             group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+            positions, self._positions = self._positions, []
             try:
-                outcomes = await run_in_threadpool(self._write_group, group)
+                outcomes = await run_in_threadpool(self._write_group, group, positions)
             except Exception as exc:  # the whole group failed together: each upload hears it
                 for request in group:
                     if not request.done.done():
@@ -66,10 +85,13 @@ class UploadRecorder:
                 if not request.done.done():
                     request.done.set_result(image)
 
-    def _write_group(self, group: list[_Request]) -> list[Image]:
+    def _write_group(self, group: list[_Request], positions: list[dict[str, int]]) -> list[Image]:
         # Core statements on one connection, not the ORM unit of work: a group is one SELECT and
         # one multi-row INSERT ... RETURNING, a fraction of the ORM's cost per row.
         with self.engine.begin() as connection:
+            if positions:
+                # In id order, as the sink locks images: the two never wait on each other in a ring.
+                connection.execute(_NOTE_POSITION, sorted(positions, key=lambda noted: noted["image_id"]))
             deduplicated = sorted({request.row.sha256 for request in group if request.dedup})
             if deduplicated and connection.dialect.name == "postgresql":
                 # Serialise with other API processes recording the same bytes, so each check and

@@ -170,7 +170,9 @@ async def accept_upload(
     event = uploaded_event(row)
     try:
         headers = ce_headers(IMAGE_UPLOADED, SOURCE_API, str(image_id), time=event.uploaded_at)
-        await services.producer.send(IMAGE_UPLOADED, str(image_id), event.to_bytes(), headers)
+        partition, offset = await services.producer.send(
+            IMAGE_UPLOADED, str(image_id), event.to_bytes(), headers
+        )
     except DeliveryError as exc:
         log.error("could not emit image.uploaded for %s: %s", image_id, exc)
         await _undo(services, image_id, key)
@@ -179,6 +181,7 @@ async def accept_upload(
             "the event broker is unavailable; try again shortly",
             {"Retry-After": RETRY_AFTER_S},
         ) from None
+    services.recorder.note_event(image_id, partition, offset)
     return Accepted(image_id, public_url(settings, image_id, key))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -21,13 +22,16 @@ from infra.settings import Settings
 from infra.urls import public_url
 from schemas.events import AnalysisCompleted, AnalysisPartial
 from schemas.topics import ANALYSIS_COMPLETED, IMAGE_UPLOADED
-from sink.models import PROCESSING, AnalysisResult, Image
+from sink.models import PROCESSING, AnalysisResult, Image, utc_now
+from sink.queues import QueueLook, QueueWatch, Verdict, verdict
 from sink.store import (
     analyzers_reported,
+    aware,
     fail_image,
     finish_image,
     lock_images,
     missing_analyzers,
+    note_reemitted,
     overdue_images,
     processing_images,
     record_partials,
@@ -43,6 +47,10 @@ log = logging.getLogger(__name__)
 # Called with (result view, callback_url) once a completing transaction has committed.
 CompletionHook = Callable[[dict[str, Any], str | None], None]
 
+# An image with no progress for this long (or PEEK_RECONCILE_AFTER_S, if shorter) is looked at:
+# a lost event is re-emitted then, without waiting for the overdue deadline.
+LOST_CHECK_AFTER_S = 30.0
+
 
 @dataclass
 class Aggregator:
@@ -50,6 +58,8 @@ class Aggregator:
     sessions: sessionmaker[Session]
     producer: EventProducer
     cache: ResultCache
+    # Tells events still queued in Kafka from lost ones; without it overdue means lost.
+    queues: QueueWatch | None = None
     on_completed: list[CompletionHook] = field(default_factory=list)
 
     def _announce(self, completed: list[tuple[dict[str, Any], str | None]]) -> None:
@@ -135,25 +145,51 @@ class Aggregator:
         """Emit ``image.uploaded`` again for every unfinished image (after a broker that forgot)."""
         with self.sessions.begin() as session:
             images = processing_images(session)
+            reported = analyzers_reported(session, [image.id for image in images])
             for image in images:
-                self._reemit(session, image, attempt=image.emit_attempts + 1)
+                missing = missing_analyzers(image, reported[image.id])
+                self._reemit(session, image, missing, attempt=image.emit_attempts + 1)
         return len(images)
 
     def reconcile(self) -> int:
-        """Re-emit overdue images' missing analyzers; give up after the configured attempts."""
+        """Settle images without progress: complete those that have every result, re-emit the
+        missing analyzers whose event was lost or is overdue, and give up after the configured
+        attempts. Returns how many images it acted on.
+
+        An event still queued in front of an analyzer that is working its way through the queue is
+        left there however long it takes (a bulk ingest); one the analyzer took but whose result the
+        sink never got is re-emitted without waiting for the deadline; one whose fate the broker
+        cannot tell (an analyzer that stalled, a broker that forgot) is overdue after
+        ``PEEK_RECONCILE_AFTER_S``.
+        """
+        after_s = self.settings.reconcile_after_s
+        with self.sessions() as session:
+            suspects = overdue_images(session, min(after_s, LOST_CHECK_AFTER_S))
+        if not suspects:
+            return 0
+        # Offsets first, results after: a partial the sink consumed before this look is in the
+        # database by then (it commits its offsets after its transaction).
+        looks = self.queues.look() if self.queues is not None else None
+        now, before = looks if looks is not None else (None, None)
+        overdue_before = utc_now() - timedelta(seconds=after_s)
         handled = 0
         completed: list[tuple[dict[str, Any], str | None]] = []
         with self.sessions.begin() as session:
-            for image in overdue_images(session, self.settings.reconcile_after_s):
-                locked = session.scalars(
-                    select(Image).where(Image.id == image.id).with_for_update(skip_locked=True)
-                ).first()
-                if locked is None or locked.status != PROCESSING:
+            reported = analyzers_reported(session, [image.id for image in suspects])
+            for suspect in suspects:
+                missing = missing_analyzers(suspect, reported[suspect.id])
+                lost, unknown = self._judge(suspect, missing, now, before)
+                due = lost + (unknown if aware(suspect.updated_at) < overdue_before else [])
+                if missing and not due:
                     continue
+                image = session.scalars(
+                    select(Image).where(Image.id == suspect.id).with_for_update(skip_locked=True)
+                ).first()
+                if image is None or image.status != PROCESSING or image.updated_at != suspect.updated_at:
+                    continue  # another sink has it, or it moved on since the look
                 handled += 1
-                results = results_of(session, image.id)
-                missing = missing_analyzers(image, results)
                 if not missing:
+                    results = results_of(session, image.id)
                     finish_image(session, image, results)
                     completed.append((self._publish(session, image, results), image.callback_url))
                 elif image.emit_attempts >= self.settings.reconcile_max_attempts:
@@ -166,18 +202,38 @@ class Aggregator:
                     view = self._publish(session, image, results_of(session, image.id))
                     completed.append((view, image.callback_url))
                 else:
-                    self._reemit(session, image, attempt=image.emit_attempts + 1)
+                    self._reemit(session, image, due, attempt=image.emit_attempts + 1)
         self._announce(completed)
         return handled
 
-    def _reemit(self, session: Session, image: Image, attempt: int) -> None:
-        missing = missing_analyzers(image, results_of(session, image.id))
-        if not missing:
+    def _judge(
+        self, image: Image, missing: list[str], now: QueueLook | None, before: QueueLook | None
+    ) -> tuple[list[str], list[str]]:
+        """The missing analyzers whose event is lost, and those whose fate only the image's age can
+        tell; the rest are waiting in Kafka."""
+        position = (
+            (image.event_partition, image.event_offset)
+            if image.event_partition is not None and image.event_offset is not None
+            else None
+        )
+        lost, unknown = [], []
+        for name in missing:
+            stalled = self.queues is None or position is None or self.queues.stalled(name, position[0])
+            judged = verdict(position, name, now, before, stalled)
+            if judged is Verdict.LOST:
+                lost.append(name)
+            elif judged is Verdict.UNKNOWN:
+                unknown.append(name)
+        return lost, unknown
+
+    def _reemit(self, session: Session, image: Image, analyzers: list[str], attempt: int) -> None:
+        """Emit ``image.uploaded`` again for these analyzers, and remember where it landed."""
+        if not analyzers:
             return
-        event = uploaded_event(image, analyzers=missing, attempt=attempt)
+        event = uploaded_event(image, analyzers=analyzers, attempt=attempt)
         headers = ce_headers(
             IMAGE_UPLOADED, SOURCE_SINK, str(image.id), event_id=f"{image.id}.uploaded.{attempt}"
         )
-        self.producer.send_sync(IMAGE_UPLOADED, str(image.id), event.to_bytes(), headers)
-        touch(session, image.id, attempts_delta=1)
-        log.info("re-emitted image %s for %s (attempt %s)", image.id, ",".join(missing), attempt)
+        position = self.producer.send_sync(IMAGE_UPLOADED, str(image.id), event.to_bytes(), headers)
+        note_reemitted(session, image.id, position)
+        log.info("re-emitted image %s for %s (attempt %s)", image.id, ",".join(analyzers), attempt)

@@ -18,10 +18,11 @@ from infra.kafka import EventProducer, ensure_topics
 from infra.metrics import IMAGES_FINISHED, serve_metrics
 from infra.settings import Settings
 from schemas.events import SCHEMA_VERSION, AnalysisPartial
-from schemas.topics import ANALYSIS_PARTIAL
+from schemas.topics import ANALYSIS_PARTIAL, SINK_GROUP
 from sink.aggregator import Aggregator
 from sink.broker_watch import BrokerWatch
 from sink.db import make_engine, make_sessionmaker, migrate
+from sink.queues import QueueWatch
 from sink.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ async def merge_until_done(aggregator: Aggregator, batch: list[AnalysisPartial])
 
 
 def build_sink_app(settings: Settings) -> faust.App:
-    app = make_app("peek-sink", settings)
+    app = make_app(SINK_GROUP, settings)
     partials = app.topic(ANALYSIS_PARTIAL)
     engine = make_engine(settings.effective_database_url)
     migrate(engine)
@@ -75,6 +76,9 @@ def build_sink_app(settings: Settings) -> faust.App:
         cache=build_cache(settings.redis_url, settings.redis_namespace)
         if settings.redis_url
         else MemoryCache(max_items=0),
+        queues=QueueWatch(
+            settings.kafka_bootstrap_servers, settings.analyzer_names, settings.reconcile_after_s
+        ),
     )
     serve_metrics(settings.metrics_port, "sink")
     publisher = CompletionPublisher(settings.redis_url, settings.redis_namespace)

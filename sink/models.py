@@ -57,6 +57,10 @@ class Image(Base):
     text_found: Mapped[bool | None] = mapped_column(Boolean)
     callback_url: Mapped[str | None] = mapped_column(Text)
     emit_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Where the latest image.uploaded event for this image sits in Kafka: the reconciler compares it
+    # with each analyzer's committed offset to tell an event still queued from one taken and lost.
+    event_partition: Mapped[int | None] = mapped_column(Integer)
+    event_offset: Mapped[int | None] = mapped_column(BigInteger)
     # The API key that uploaded the image; None when access control was off.
     owner_key_id: Mapped[int | None] = mapped_column(Integer, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)

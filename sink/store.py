@@ -48,18 +48,18 @@ def uploaded_event(image: Image, analyzers: list[str] | None = None, attempt: in
         height=image.height,
         sha256=image.sha256,
         expected_analyzers=analyzers if analyzers is not None else list(image.expected_analyzers),
-        uploaded_at=_aware(image.created_at),
+        uploaded_at=aware(image.created_at),
         attempt=attempt,
     )
 
 
-def _aware(moment: datetime) -> datetime:
+def aware(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes; Peek stores UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return _aware(moment).isoformat() if moment else None
+    return aware(moment).isoformat() if moment else None
 
 
 # The batch statements are built once and bind their image ids as one expanding parameter:
@@ -80,7 +80,18 @@ _RESULT_ROWS = select(AnalysisResult).where(AnalysisResult.image_id.in_(bindpara
 _TOUCH = (
     update(_IMAGES)
     .where(_IMAGES.c.id.in_(bindparam("ids", expanding=True)))
-    .values(updated_at=bindparam("now"), emit_attempts=_IMAGES.c.emit_attempts + bindparam("delta"))
+    .values(updated_at=bindparam("now"))
+)
+
+_REEMITTED = (
+    update(_IMAGES)
+    .where(_IMAGES.c.id == bindparam("image_id"))
+    .values(
+        updated_at=bindparam("now"),
+        emit_attempts=_IMAGES.c.emit_attempts + 1,
+        event_partition=bindparam("partition"),
+        event_offset=bindparam("offset"),
+    )
 )
 
 
@@ -235,10 +246,18 @@ def processing_images(session: Session, limit: int = 10_000) -> list[Image]:
     )
 
 
-def touch(session: Session, *image_ids: int, attempts_delta: int = 0) -> None:
+def note_reemitted(session: Session, image_id: int, position: tuple[int, int]) -> None:
+    """Mark an image re-emitted now: one attempt more, and its new event's (partition, offset)."""
+    partition, offset = position
+    session.execute(
+        _REEMITTED, {"image_id": image_id, "now": utc_now(), "partition": partition, "offset": offset}
+    )
+
+
+def touch(session: Session, *image_ids: int) -> None:
     """Mark images as progressing now (the reconciler measures overdue from here).
 
     A plain table update: Image objects already loaded in the session keep their old values.
     """
     if image_ids:
-        session.execute(_TOUCH, {"ids": list(image_ids), "now": utc_now(), "delta": attempts_delta})
+        session.execute(_TOUCH, {"ids": list(image_ids), "now": utc_now()})

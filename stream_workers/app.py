@@ -19,14 +19,14 @@ from infra.metrics import ANALYZER_SECONDS, serve_metrics
 from infra.settings import Settings
 from infra.storage import build_storage
 from schemas.events import AnalysisPartial
-from schemas.topics import ANALYSIS_PARTIAL, IMAGE_UPLOADED
+from schemas.topics import ANALYSIS_PARTIAL, IMAGE_UPLOADED, analyzer_group
 from stream_workers.runner import AnalyzerRunner, PoisonEvent
 
 log = logging.getLogger(__name__)
 
 
 def build_worker_app(analyzer_name: str, settings: Settings) -> faust.App:
-    app = make_app(f"peek-{analyzer_name}", settings)
+    app = make_app(analyzer_group(analyzer_name), settings)
     uploaded = app.topic(IMAGE_UPLOADED, key_type=bytes, value_type=bytes)
     partials = app.topic(ANALYSIS_PARTIAL, key_type=bytes, value_type=bytes)
     runner = AnalyzerRunner(

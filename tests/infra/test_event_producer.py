@@ -37,13 +37,15 @@ def test_every_message_is_delivered_before_send_all_sync_returns(kafka_bootstrap
     producer = EventProducer(kafka_bootstrap)
     sent = [(str(i), f"value {i}".encode(), {"ce_id": f"id-{i}"}) for i in range(20)]
     try:
-        producer.send_all_sync(topic, sent)
+        positions = producer.send_all_sync(topic, sent)
         assert len(producer._producer) == 0  # none is still queued or waiting for the broker's answer
-        producer.send_all_sync(topic, [])  # nothing to send returns at once
-        assert read(kafka_bootstrap, topic, len(sent) + 1) == [
+        assert positions == [(0, offset) for offset in range(20)]  # where each landed, in order
+        assert producer.send_all_sync(topic, []) == []  # nothing to send returns at once
+        assert producer.send_sync(topic, "20", b"last") == (0, 20)
+        assert read(kafka_bootstrap, topic, len(sent) + 2) == [
             (key, value, {name: text.encode() for name, text in headers.items()})
             for key, value, headers in sent
-        ]
+        ] + [("20", b"last", {})]
     finally:
         producer.close()
 

@@ -93,3 +93,28 @@ def test_a_group_that_cannot_be_written_fails_every_upload_in_it_and_writes_noth
     assert count_rows(engine) == 0
     # The recorder keeps working once the database does.
     assert asyncio.run(recorder.record(row("d"), dedup=True)).id is not None
+
+
+def test_event_positions_ride_with_the_next_group_or_are_written_on_their_own(engine) -> None:
+    recorder = UploadRecorder(engine)
+
+    async def upload_two() -> tuple[Image, Image]:
+        first = await recorder.record(row("p"), dedup=True)
+        recorder.note_event(first.id, 3, 41)
+        second = await recorder.record(row("q"), dedup=True)
+        recorder.note_event(second.id, 1, 7)
+        assert recorder._writer is not None
+        await recorder._writer  # nothing else waits: the position is written alone
+        return first, second
+
+    with mock.patch.object(recorder, "_write_group", wraps=recorder._write_group) as write_group:
+        first, second = asyncio.run(upload_two())
+    groups = [(len(call.args[0]), call.args[1]) for call in write_group.call_args_list]
+    assert groups == [
+        (1, []),
+        (1, [{"image_id": first.id, "partition": 3, "offset": 41}]),
+        (0, [{"image_id": second.id, "partition": 1, "offset": 7}]),
+    ]
+    with make_sessionmaker(engine)() as session:
+        positions = {i.id: (i.event_partition, i.event_offset) for i in session.scalars(select(Image))}
+    assert positions == {first.id: (3, 41), second.id: (1, 7)}

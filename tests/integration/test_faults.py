@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Message, Producer
 
 from infra.broker import EmbeddedBroker, free_port
 from infra.kafka import ensure_topics
@@ -223,12 +223,18 @@ class Harness:
         self.peek.start_workers(ANALYZERS)
         self.peek.start_sink()
 
-    def start_injected_worker(self, analyzer: str, inject: str) -> None:
+    def start_injected_worker(self, analyzer: str, inject: str, env: dict[str, str] | None = None) -> None:
         """A worker whose analyzers misbehave on purpose (see tests/fault_launcher.py)."""
         log = open(self.peek.log_dir / f"worker-{analyzer}-injected.log", "ab")  # noqa: SIM115
         self.peek.processes[f"worker-{analyzer}"] = subprocess.Popen(
             [sys.executable, "-m", "tests.fault_launcher", "worker", "--analyzers", analyzer],
-            env={**os.environ, **self.peek.env, "PEEK_INJECT": inject, "PEEK_WORKER_PROCESSES": "0"},
+            env={
+                **os.environ,
+                **self.peek.env,
+                "PEEK_INJECT": inject,
+                "PEEK_WORKER_PROCESSES": "0",
+                **(env or {}),
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=services.REPO,
@@ -324,26 +330,43 @@ def test_poison_events_go_to_the_dead_letter_topic_and_the_partition_moves_on(
         assert any(words in reason for reason in reasons), (words, reasons)
 
 
-def dead_letters(bootstrap: str, enough: Callable[[list[dict[str, str]]], bool]) -> list[dict[str, str]]:
-    """The headers of the dead letters, read from the start until ``enough`` says so (60 s at most)."""
+def read_topic(
+    bootstrap: str, topic: str, enough: Callable[[list[Message]], bool], *, to_the_end: bool = False
+) -> list[Message]:
+    """The topic's messages from the start until ``enough`` says so (60 s at most); with
+    ``to_the_end``, then on until a second passes without one."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
-            "group.id": f"dlq-{uuid.uuid4().hex}",
+            "group.id": f"read-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
         }
     )
-    consumer.subscribe(["peek.dead-letter"])
-    seen: list[dict[str, str]] = []
+    consumer.subscribe([topic])
+    seen: list[Message] = []
     deadline = time.monotonic() + 60
     try:
-        while time.monotonic() < deadline and not enough(seen):
+        while time.monotonic() < deadline:
+            satisfied = enough(seen)
+            if satisfied and not to_the_end:
+                break
             message = consumer.poll(1.0)
+            if message is None and satisfied:
+                break
             if message is not None and not message.error():
-                seen.append({name: value.decode() for name, value in message.headers() or []})
+                seen.append(message)
     finally:
         consumer.close()
     return seen
+
+
+def dead_letters(bootstrap: str, enough: Callable[[list[dict[str, str]]], bool]) -> list[dict[str, str]]:
+    """The headers of the dead letters, read from the start until ``enough`` says so (60 s at most)."""
+
+    def headers(messages: list[Message]) -> list[dict[str, str]]:
+        return [{name: value.decode() for name, value in m.headers() or []} for m in messages]
+
+    return headers(read_topic(bootstrap, "peek.dead-letter", lambda seen: enough(headers(seen))))
 
 
 def test_a_backlog_with_poison_in_it_is_worked_off_in_mixed_batches(harness: Harness, corpus) -> None:
@@ -431,6 +454,49 @@ def test_a_worker_killed_mid_image_loses_nothing(harness: Harness, corpus) -> No
     harness.peek.stop("worker-quality", signal.SIGKILL)
     harness.peek.start_workers(["quality"])
     assert_completed_with_quality(harness, ids)
+
+
+def test_a_backlog_deeper_than_the_overdue_deadline_is_worked_off_without_re_emitting(
+    harness: Harness, corpus
+) -> None:
+    # Bulk ingestion in small: images wait in Kafka behind a slow but working quality analyzer for
+    # longer than PEEK_RECONCILE_AFTER_S (25 s here). The reconciler sees that quality's committed
+    # offsets have not reached their events yet and leaves them queued: nothing is re-emitted and
+    # nothing analysed twice. Failure injection: each quality analysis sleeps 8 s (within its time
+    # limit, raised for this worker), two at a time.
+    harness.peek.stop("worker-quality")
+    harness.start_injected_worker(
+        "quality",
+        "quality=slow",
+        {"PEEK_INJECT_SLOW_S": "8", "PEEK_ANALYZER_TIMEOUT_S": "30", "PEEK_WORKER_CONCURRENCY": "2"},
+    )
+    try:
+        ids = [harness.upload(corpus, name).json()["id"] for name in ["apple.jpg", "orange.jpg"] * 5]
+        assert_completed_with_quality(harness, ids)
+    finally:
+        harness.peek.stop("worker-quality", signal.SIGKILL)
+        harness.peek.start_workers(["quality"])
+    with psycopg.connect(harness.postgres.url) as connection:
+        waited = connection.execute(
+            "SELECT max(q.created_at - c.created_at) FROM analysis_results q JOIN analysis_results c"
+            " ON c.image_id = q.image_id AND c.analyzer = 'colors'"
+            " WHERE q.analyzer = 'quality' AND q.image_id = ANY(%s)",
+            [ids],
+        ).fetchone()[0]
+        rows = connection.execute(
+            "SELECT id, emit_attempts, event_partition, event_offset FROM images WHERE id = ANY(%s)", [ids]
+        ).fetchall()
+    assert waited.total_seconds() > 25, "the last image waited longer than the overdue deadline"
+    assert [row[1] for row in rows] == [0] * len(ids), "none was re-emitted"
+    wanted = {str(image_id).encode() for image_id in ids}
+    events = read_topic(
+        harness.broker.bootstrap,
+        "image.uploaded",
+        lambda seen: wanted <= {m.key() for m in seen},
+        to_the_end=True,
+    )
+    where = sorted((int(m.key()), m.partition(), m.offset()) for m in events if m.key() in wanted)
+    assert where == sorted((r[0], r[2], r[3]) for r in rows), "one event each, and each row knows where"
 
 
 def assert_completed_with_quality(harness: Harness, ids: list[int]) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 from sqlalchemy import func, select
 
 from infra.broker import EmbeddedBroker
@@ -18,6 +19,7 @@ from schemas.events import AnalysisPartial
 from sink.aggregator import Aggregator
 from sink.db import make_engine, make_sessionmaker, migrate
 from sink.models import AnalysisResult, Image
+from sink.queues import QueueWatch
 from tests.services import fresh_database
 
 ANALYZERS = ["colors", "quality", "faces", "text", "scene"]
@@ -32,7 +34,7 @@ def aggregator(postgres_server: str, pipeline_env: dict[str, str]) -> Iterator[A
 
 
 def _aggregator(
-    database_url: str, pipeline_env: dict[str, str], kafka_bootstrap: str
+    database_url: str, pipeline_env: dict[str, str], kafka_bootstrap: str, **overrides: object
 ) -> Iterator[Aggregator]:
     settings = Settings(
         **{
@@ -48,6 +50,7 @@ def _aggregator(
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "PEEK_RECONCILE_AFTER_S": 0,
             "PEEK_RECONCILE_MAX_ATTEMPTS": 1,
+            **overrides,
         }
     )
     ensure_topics(kafka_bootstrap, 4)
@@ -282,3 +285,104 @@ def test_a_failure_while_applying_a_batch_keeps_none_of_it_and_loses_none_of_it(
     assert set(result_rows(aggregator, image_id)) == set(ANALYZERS)
     assert set(result_rows(aggregator, other_id)) == {"colors"}
     assert len(completed_events(aggregator.settings.kafka_bootstrap_servers, image_id)) == 1
+
+
+@pytest.fixture
+def watched(postgres_server: str, pipeline_env: dict[str, str]) -> Iterator[tuple[Aggregator, list[float]]]:
+    """An aggregator that asks the broker before re-emitting (as the sink's does), an hour's patience
+    for what the broker cannot tell, and a clock of its own for telling when an analyzer stalled."""
+    clock = [0.0]
+    with fresh_database(postgres_server) as database_url, EmbeddedBroker() as broker:
+        for aggregator in _aggregator(
+            database_url,
+            pipeline_env,
+            broker.bootstrap,
+            PEEK_RECONCILE_AFTER_S=3600,
+            PEEK_RECONCILE_MAX_ATTEMPTS=3,
+        ):
+            aggregator.queues = QueueWatch(broker.bootstrap, ANALYZERS, 3600, clock=lambda: clock[0])
+            yield aggregator, clock
+
+
+def emitted_image(aggregator: Aggregator, quiet_for_s: float) -> tuple[int, tuple[int, int]]:
+    """An image whose image.uploaded event is in Kafka, with no progress for ``quiet_for_s``."""
+    image_id = new_image(aggregator)
+    position = aggregator.producer.send_sync("image.uploaded", str(image_id), b"{}")
+    with aggregator.sessions.begin() as session:
+        image = session.get(Image, image_id)
+        image.event_partition, image.event_offset = position
+        image.updated_at = datetime.now(UTC) - timedelta(seconds=quiet_for_s)
+    return image_id, position
+
+
+def commit(aggregator: Aggregator, group: str, topic: str, partition: int, offset: int) -> None:
+    """Commit an offset for a consumer group, as that group's consumer does once it is done."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": aggregator.settings.kafka_bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        consumer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)
+    finally:
+        consumer.close()
+
+
+def image_row(aggregator: Aggregator, image_id: int) -> Image:
+    with aggregator.sessions() as session:
+        image = session.get(Image, image_id)
+        assert image is not None
+        return image
+
+
+def test_an_event_queued_in_front_of_a_working_analyzer_waits_however_overdue(watched) -> None:
+    aggregator, clock = watched
+    image_id, (partition, offset) = emitted_image(aggregator, quiet_for_s=7200)  # 2 h: twice overdue
+    aggregator.apply_partials([p for p in all_partials(image_id) if p.analyzer != "quality"])
+    with aggregator.sessions.begin() as session:  # the merge counted as progress; undo that
+        session.get(Image, image_id).updated_at = datetime.now(UTC) - timedelta(seconds=7200)
+    commit(aggregator, "peek-quality", "image.uploaded", partition, offset)  # up to it, not past it
+
+    assert aggregator.reconcile() == 0
+    clock[0] += 3599  # quality's offset there has stood still for just under PEEK_RECONCILE_AFTER_S
+    assert aggregator.reconcile() == 0
+    assert image_row(aggregator, image_id).emit_attempts == 0
+    assert completed_events(aggregator.settings.kafka_bootstrap_servers, image_id, "image.uploaded") == [{}]
+
+    clock[0] += 1  # an hour without moving there: stopped or stuck, so its queue is no reason to wait
+    assert aggregator.reconcile() == 1
+    reemitted = completed_events(aggregator.settings.kafka_bootstrap_servers, image_id, "image.uploaded")
+    assert reemitted[-1]["expected_analyzers"] == ["quality"] and reemitted[-1]["attempt"] == 1
+    assert image_row(aggregator, image_id).emit_attempts == 1
+
+
+def test_a_partial_lost_after_its_analyzer_took_the_event_is_re_emitted_before_the_deadline(
+    watched,
+) -> None:
+    aggregator, _clock = watched
+    image_id, (partition, offset) = emitted_image(aggregator, quiet_for_s=60)  # an hour before overdue
+    aggregator.apply_partials([p for p in all_partials(image_id) if p.analyzer not in ("text", "faces")])
+    with aggregator.sessions.begin() as session:
+        session.get(Image, image_id).updated_at = datetime.now(UTC) - timedelta(seconds=60)
+    # text took the event and delivered a partial (here: any message in the partials topic), which
+    # never reached the database; faces has not got to the event yet.
+    partial_at = aggregator.producer.send_sync("image.analysis.partial", str(image_id), b"{}")
+    commit(aggregator, "peek-text", "image.uploaded", partition, offset + 1)
+    commit(aggregator, "peek-faces", "image.uploaded", partition, offset)
+
+    assert aggregator.reconcile() == 0, "one look cannot tell lost from on its way"
+    assert aggregator.reconcile() == 0, "the sink has not read past the partial yet"
+    commit(aggregator, "peek-sink", "image.analysis.partial", partial_at[0], partial_at[1] + 1)
+    assert aggregator.reconcile() == 1
+
+    reemitted = completed_events(aggregator.settings.kafka_bootstrap_servers, image_id, "image.uploaded")
+    assert reemitted[-1]["expected_analyzers"] == ["text"] and reemitted[-1]["attempt"] == 1
+    image = image_row(aggregator, image_id)
+    assert image.status == "processing" and image.emit_attempts == 1
+    assert image.event_partition == partition and image.event_offset > offset, "the new event's place"
+    # The re-emitted event is the one now compared: text has not taken it, so nothing more happens.
+    with aggregator.sessions.begin() as session:
+        session.get(Image, image_id).updated_at = datetime.now(UTC) - timedelta(seconds=60)
+    assert aggregator.reconcile() == 0 and aggregator.reconcile() == 0
