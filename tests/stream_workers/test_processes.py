@@ -93,12 +93,13 @@ def test_more_jobs_than_processes_wait_and_their_limit_starts_when_they_run() ->
     group = AnalysisProcesses(1, _nothing, ())
     try:
 
-        async def queue_three() -> list[int]:
-            # Each job takes 0.4 s; the third waits 0.8 s for the process, longer than its limit,
-            # yet finishes: the limit counts from when a process starts the job.
-            return await asyncio.gather(*(group.run(_pid_after, 0.4, timeout_s=0.7) for _ in range(3)))
+        async def queue_five() -> list[int]:
+            # Each job takes 0.5 s; the fifth waits 2 s for the process, longer than its limit,
+            # yet finishes: the limit counts from when a process starts the job. (1 s of slack for
+            # each job, so that a busy machine cannot fail it.)
+            return await asyncio.gather(*(group.run(_pid_after, 0.5, timeout_s=1.5) for _ in range(5)))
 
-        assert len(asyncio.run(queue_three())) == 3
+        assert len(asyncio.run(queue_five())) == 5
     finally:
         group.close()
 
