@@ -66,33 +66,35 @@ class GroupPositions:
     watermarks: dict[int, tuple[int, int]]  # partition → (low, high); empty unless asked for
 
 
-def group_positions(
-    bootstrap: str, group: str, topic: str, *, watermarks: bool = True, timeout_s: float = 3.0
-) -> GroupPositions | None:
-    """A consumer group's committed offsets on a topic, and the topic's watermarks; None when the
-    topic does not exist. Raises KafkaException when the broker cannot be asked.
+def offsets_reader(bootstrap: str, group: str) -> Consumer:
+    """A consumer that asks for ``group``'s committed offsets and never joins it."""
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
 
-    Asked through a consumer that never joins the group: the admin client's offset listing can
-    abort the whole process when the broker goes away mid-request (librdkafka issues 3663, 4605).
+
+def group_positions(
+    reader: Consumer, topic: str, *, watermarks: bool = True, timeout_s: float = 3.0
+) -> GroupPositions | None:
+    """The committed offsets on a topic of the group that ``reader`` (``offsets_reader``) asks for,
+    and the topic's watermarks; None when the topic does not exist. Raises KafkaException when the
+    broker cannot be asked.
+
+    Asked through a consumer: the admin client's offset listing can abort the whole process when
+    the broker goes away mid-request (librdkafka issues 3663, 4605).
     """
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            return None
-        partitions = [TopicPartition(topic, number) for number in sorted(metadata.partitions)]
-        committed = {
-            position.partition: position.offset
-            for position in consumer.committed(partitions, timeout=timeout_s)
-            if position.offset >= 0
-        }
-        marks = {
-            position.partition: consumer.get_watermark_offsets(position, timeout=timeout_s, cached=False)
-            for position in (partitions if watermarks else [])
-        }
-        return GroupPositions(committed, marks)
-    finally:
-        consumer.close()
+    metadata = reader.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        return None
+    partitions = [TopicPartition(topic, number) for number in sorted(metadata.partitions)]
+    committed = {
+        position.partition: position.offset
+        for position in reader.committed(partitions, timeout=timeout_s)
+        if position.offset >= 0
+    }
+    marks = {
+        position.partition: reader.get_watermark_offsets(position, timeout=timeout_s, cached=False)
+        for position in (partitions if watermarks else [])
+    }
+    return GroupPositions(committed, marks)
 
 
 def _encode_headers(headers: Headers | None) -> list[tuple[str, str | bytes | None]] | None:

@@ -16,7 +16,7 @@ from prometheus_client import Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
-from infra.kafka import group_positions
+from infra.kafka import group_positions, offsets_reader
 from schemas.topics import ANALYSIS_PARTIAL, IMAGE_UPLOADED, SINK_GROUP, analyzer_group
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,14 @@ def measure_lag(bootstrap: str, groups: dict[str, str], timeout_s: float = 3.0) 
     the topic's partitions (a partition the group never committed counts from its low watermark)."""
     lag: dict[str, int] = {}
     for group, topic in groups.items():
+        reader = offsets_reader(bootstrap, group)
         try:
-            positions = group_positions(bootstrap, group, topic, timeout_s=timeout_s)
+            positions = group_positions(reader, topic, timeout_s=timeout_s)
         except Exception as exc:  # the broker away: report no number rather than a wrong one
             log.warning("could not measure lag of %s: %s", group, exc)
             continue
+        finally:
+            reader.close()
         if positions is not None:
             lag[group] = sum(
                 max(0, high - positions.committed.get(partition, low))

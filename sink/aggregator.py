@@ -166,6 +166,8 @@ class Aggregator:
         with self.sessions() as session:
             suspects = overdue_images(session, min(after_s, LOST_CHECK_AFTER_S))
         if not suspects:
+            if self.queues is not None:
+                self.queues.release()
             return 0
         # Offsets first, results after: a partial the sink consumed before this look is in the
         # database by then (it commits its offsets after its transaction).

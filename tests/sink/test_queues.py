@@ -98,6 +98,11 @@ def test_a_look_reads_each_groups_committed_offsets_and_the_partials_end() -> No
         assert watch.stalled("text", 2), "it never committed there"
         clock[0] += 1
         assert watch.stalled("quality", 2), "60 s without moving"
+        watch.release()  # readers closed while nothing is overdue; the next look opens new ones
+        commit(broker.bootstrap, SINK_GROUP, ANALYSIS_PARTIAL, {1: 3})
+        third, _ = watch.look() or (None, None)
+        assert third.sink_committed == {1: 3} and third.analyzers["quality"] == {0: 4, 2: 10}
+        watch.release()
 
 
 def test_a_broker_that_cannot_be_asked_gives_no_look() -> None:
