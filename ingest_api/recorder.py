@@ -10,7 +10,8 @@ has, in an image that did not fail, is not inserted; the earlier image is return
 uploads of one file in one group get one image.
 
 Where each upload's event landed in Kafka (``note_event``) is written by the same writer, in the
-next group's transaction: the reconciler reads it, and no upload waits for it.
+next group's transaction (or alone, once no group has come for ``POSITIONS_WAIT_S``): the
+reconciler reads it, and no upload waits for it nor pays a transaction of its own for it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from starlette.concurrency import run_in_threadpool
 from sink.models import FAILED, PROCESSING, Image, utc_now
 
 MAX_GROUP = 128
+# How long noted event positions wait for a group to ride with before they are written alone.
+POSITIONS_WAIT_S = 1.0
 IMAGES: Table = Image.__table__  # type: ignore[assignment]
 _INSERTED = [column.key for column in IMAGES.columns if column.key != "id"]
 _NOTE_POSITION = (
@@ -63,8 +66,10 @@ class UploadRecorder:
     def note_event(self, image_id: int, partition: int, offset: int) -> None:
         """Remember where an image's event landed; written with the next group, never waited for.
         A position that is never written only costs the reconciler its shortcut for that image."""
+        if not self._positions:
+            loop = asyncio.get_running_loop()
+            loop.call_later(POSITIONS_WAIT_S, self._start_writer, loop)
         self._positions.append({"image_id": image_id, "partition": partition, "offset": offset})
-        self._start_writer(asyncio.get_running_loop())
 
     def _start_writer(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._writer is None or self._writer.done() or self._writer.get_loop() is not loop:

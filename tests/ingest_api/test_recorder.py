@@ -103,8 +103,9 @@ def test_event_positions_ride_with_the_next_group_or_are_written_on_their_own(en
         recorder.note_event(first.id, 3, 41)
         second = await recorder.record(row("q"), dedup=True)
         recorder.note_event(second.id, 1, 7)
+        await asyncio.sleep(recorder_module.POSITIONS_WAIT_S + 0.2)  # no group comes: written alone
         assert recorder._writer is not None
-        await recorder._writer  # nothing else waits: the position is written alone
+        await recorder._writer
         return first, second
 
     with mock.patch.object(recorder, "_write_group", wraps=recorder._write_group) as write_group:
