@@ -71,6 +71,25 @@ def offsets_reader(bootstrap: str, group: str) -> Consumer:
     return Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
 
 
+def topic_partitions(reader: Consumer, topic: str, *, timeout_s: float = 3.0) -> list[TopicPartition] | None:
+    """The partitions of ``topic`` as the broker describes them now; None when it does not exist.
+    Raises KafkaException when the broker cannot be asked."""
+    metadata = reader.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        return None
+    return [TopicPartition(topic, number) for number in sorted(metadata.partitions)]
+
+
+def partition_watermarks(
+    reader: Consumer, partitions: Sequence[TopicPartition], *, timeout_s: float = 3.0
+) -> dict[int, tuple[int, int]]:
+    """Each partition's (low, high) watermark, asked of the broker now (never the cached ones)."""
+    return {
+        position.partition: reader.get_watermark_offsets(position, timeout=timeout_s, cached=False)
+        for position in partitions
+    }
+
+
 def group_positions(
     reader: Consumer, topic: str, *, watermarks: bool = True, timeout_s: float = 3.0
 ) -> GroupPositions | None:
@@ -81,19 +100,15 @@ def group_positions(
     Asked through a consumer: the admin client's offset listing can abort the whole process when
     the broker goes away mid-request (librdkafka issues 3663, 4605).
     """
-    metadata = reader.list_topics(topic, timeout=timeout_s).topics.get(topic)
-    if metadata is None or metadata.error is not None:
+    partitions = topic_partitions(reader, topic, timeout_s=timeout_s)
+    if partitions is None:
         return None
-    partitions = [TopicPartition(topic, number) for number in sorted(metadata.partitions)]
     committed = {
         position.partition: position.offset
         for position in reader.committed(partitions, timeout=timeout_s)
         if position.offset >= 0
     }
-    marks = {
-        position.partition: reader.get_watermark_offsets(position, timeout=timeout_s, cached=False)
-        for position in (partitions if watermarks else [])
-    }
+    marks = partition_watermarks(reader, partitions, timeout_s=timeout_s) if watermarks else {}
     return GroupPositions(committed, marks)
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
+from infra.kafka import offsets_reader, partition_watermarks, topic_partitions
 from schemas.topics import ANALYSIS_PARTIAL, IMAGE_UPLOADED
 
 log = logging.getLogger(__name__)
@@ -21,25 +22,17 @@ class BrokerWatch:
 
     def __init__(self, bootstrap: str, topics: Iterable[str] = (IMAGE_UPLOADED, ANALYSIS_PARTIAL)) -> None:
         self.topics = tuple(topics)
-        self._consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "peek-broker-watch", "enable.auto.commit": False}
-        )
+        self._reader = offsets_reader(bootstrap, "peek-broker-watch")
         self._high: dict[tuple[str, int], int] = {}
 
     def forgot(self) -> bool:
         """True when the broker lost data since the last call; False when unreachable or unchanged."""
         try:
-            metadata = self._consumer.list_topics(timeout=5)
-            seen: dict[tuple[str, int], int] = {}
-            for topic in self.topics:
-                described = metadata.topics.get(topic)
-                if described is None or described.error is not None:
-                    continue
-                for partition in described.partitions:
-                    _low, high = self._consumer.get_watermark_offsets(
-                        TopicPartition(topic, partition), timeout=5, cached=False
-                    )
-                    seen[(topic, partition)] = high
+            seen = {
+                (topic, partition): high
+                for topic in self.topics
+                for partition, (_low, high) in self._watermarks(topic).items()
+            }
         except KafkaException as exc:
             log.debug("broker watch: broker unreachable (%s)", exc)
             return False
@@ -49,5 +42,9 @@ class BrokerWatch:
             log.warning("the broker lost its events (%s); re-emitting unfinished work", lost[:3])
         return bool(lost)
 
+    def _watermarks(self, topic: str) -> dict[int, tuple[int, int]]:
+        partitions = topic_partitions(self._reader, topic, timeout_s=5)
+        return {} if partitions is None else partition_watermarks(self._reader, partitions, timeout_s=5)
+
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close()
