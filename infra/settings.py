@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # Set by `peek up` when it runs the memory-only embedded broker: unfinished work is re-emitted
     # at start-up, because a restarted broker has forgotten it.
     broker_ephemeral: bool = Field(False, validation_alias=AliasChoices("PEEK_BROKER_EPHEMERAL"))
+    # When that broker started (Unix time, set by `peek up`): only images whose latest event was
+    # sent before then are re-emitted; 0 means unknown, and every unfinished image is.
+    broker_started_at: float = Field(0.0, ge=0, validation_alias=AliasChoices("PEEK_BROKER_STARTED_AT"))
     # Prefix of every Redis key and channel: lets several deployments (or test runs) share a Redis.
     redis_namespace: str = Field("peek", validation_alias=AliasChoices("PEEK_REDIS_NAMESPACE"))
     kafka_bootstrap_servers: str = Field("", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS"))

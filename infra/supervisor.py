@@ -122,13 +122,13 @@ class BrokerKeeper:
     """Restarts ``peek up``'s embedded broker on its port when it exits, and re-creates the topics.
 
     The broker keeps nothing on disk, so it comes back empty: the clients reconnect to the same
-    address, and ``on_restart`` (``peek up`` restarts the sink, which re-emits every unfinished image
-    when it starts next to the embedded broker) replaces the events it lost.
+    address, and ``on_restart(started_at)`` (``peek up`` restarts the sink, which re-emits the
+    unfinished images whose latest event was sent before ``started_at``) replaces the events it lost.
     """
 
     RETRY_S = 2.0
 
-    def __init__(self, broker: EmbeddedBroker, partitions: int, on_restart: Callable[[], None]) -> None:
+    def __init__(self, broker: EmbeddedBroker, partitions: int, on_restart: Callable[[float], None]) -> None:
         self.broker = broker
         self.partitions = partitions
         self.on_restart = on_restart
@@ -145,6 +145,7 @@ class BrokerKeeper:
         self._next_try = now + self.RETRY_S
         code = process.returncode if process is not None else None
         log.warning("the embedded broker exited with %s; restarting it on %s", code, self.broker.bootstrap)
+        started_at = time.time()
         try:
             self.broker.start()
             ensure_topics(self.broker.bootstrap, self.partitions)
@@ -152,7 +153,7 @@ class BrokerKeeper:
             log.error("could not restart the embedded broker (%s); trying again", exc)
             return
         self.restarts += 1
-        self.on_restart()
+        self.on_restart(started_at)
 
 
 def _wait_healthy(url: str, timeout_s: float) -> bool:
@@ -189,9 +190,11 @@ def run_everything(host: str, port: int, data_dir: Path | None) -> int:
     env = {"PEEK_DATA_DIR": str(settings.data_dir)}
     broker = None
     if not settings.kafka_bootstrap_servers:
+        started_at = time.time()  # before it starts: every event it will hold is sent after this
         broker = EmbeddedBroker(log_path=settings.data_dir / "broker.log").start()
         env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
         env["PEEK_BROKER_EPHEMERAL"] = "1"
+        env["PEEK_BROKER_STARTED_AT"] = f"{started_at:.3f}"
         log.info("embedded Kafka-protocol broker on %s (memory only)", broker.bootstrap)
     bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers)
     ensure_topics(bootstrap, settings.topic_partitions)
@@ -207,12 +210,14 @@ def run_everything(host: str, port: int, data_dir: Path | None) -> int:
     specs.append(ProcessSpec("sink", ["sink"], env))
     assign_metrics_ports(specs[1:], settings.metrics_port)
     supervisor = Supervisor(specs, log_dir=settings.data_dir / "logs")
-    # The sink re-emits the unfinished work when it starts beside the embedded broker.
-    keeper = (
-        BrokerKeeper(broker, settings.topic_partitions, lambda: supervisor.restart("sink"))
-        if broker
-        else None
-    )
+
+    def restart_sink(broker_started_at: float) -> None:
+        # The sink re-emits, when it starts beside the embedded broker, the unfinished images whose
+        # latest event was sent before the broker (re)started: the ones it lost.
+        specs[-1].env = {**specs[-1].env, "PEEK_BROKER_STARTED_AT": f"{broker_started_at:.3f}"}
+        supervisor.restart("sink")
+
+    keeper = BrokerKeeper(broker, settings.topic_partitions, restart_sink) if broker else None
     supervisor.start_all()
     try:
         if _wait_healthy(f"http://{host}:{port}/api/health", 60):

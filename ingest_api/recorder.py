@@ -141,6 +141,7 @@ def _values(row: Image) -> dict[str, Any]:
     row.emit_attempts = row.emit_attempts or 0
     row.created_at = row.created_at or now
     row.updated_at = row.updated_at or now
+    row.emitted_at = row.emitted_at or now  # the event follows the row
     return {name: getattr(row, name) for name in _INSERTED}
 
 

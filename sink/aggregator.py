@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -43,6 +43,8 @@ from sink.store import (
 )
 
 log = logging.getLogger(__name__)
+# Unfinished images re-emitted per transaction (and per batch of produce requests).
+REEMIT_PAGE = 1000
 
 # Called with (result view, callback_url) once a completing transaction has committed.
 CompletionHook = Callable[[dict[str, Any], str | None], None]
@@ -141,15 +143,27 @@ class Aggregator:
             self.cache.set(image.id, view, self.settings.result_cache_ttl_s)
         return views
 
-    def reemit_processing(self) -> int:
-        """Emit ``image.uploaded`` again for every unfinished image (after a broker that forgot)."""
-        with self.sessions.begin() as session:
-            images = processing_images(session)
-            reported = analyzers_reported(session, [image.id for image in images])
-            for image in images:
-                missing = missing_analyzers(image, reported[image.id])
-                self._reemit(session, image, missing, attempt=image.emit_attempts + 1)
-        return len(images)
+    def reemit_processing(self, emitted_before: datetime | None = None) -> int:
+        """Emit ``image.uploaded`` again for the unfinished images whose latest event a broker that
+        forgot held: those sent before ``emitted_before`` (when it started), or every one."""
+        count, after_id = 0, 0
+        while True:
+            with self.sessions.begin() as session:
+                images = processing_images(
+                    session, after_id=after_id, emitted_before=emitted_before, limit=REEMIT_PAGE
+                )
+                if not images:
+                    return count
+                reported = analyzers_reported(session, [image.id for image in images])
+                self._reemit_all(
+                    session,
+                    [
+                        (image, missing_analyzers(image, reported[image.id]), image.emit_attempts + 1)
+                        for image in images
+                    ],
+                )
+            count += len(images)
+            after_id = images[-1].id
 
     def reconcile(self) -> int:
         """Settle images without progress: complete those that have every result, re-emit the
@@ -230,12 +244,20 @@ class Aggregator:
 
     def _reemit(self, session: Session, image: Image, analyzers: list[str], attempt: int) -> None:
         """Emit ``image.uploaded`` again for these analyzers, and remember where it landed."""
-        if not analyzers:
-            return
-        event = uploaded_event(image, analyzers=analyzers, attempt=attempt)
-        headers = ce_headers(
-            IMAGE_UPLOADED, SOURCE_SINK, str(image.id), event_id=f"{image.id}.uploaded.{attempt}"
-        )
-        position = self.producer.send_sync(IMAGE_UPLOADED, str(image.id), event.to_bytes(), headers)
-        note_reemitted(session, image.id, position)
-        log.info("re-emitted image %s for %s (attempt %s)", image.id, ",".join(analyzers), attempt)
+        self._reemit_all(session, [(image, analyzers, attempt)])
+
+    def _reemit_all(self, session: Session, reemits: Sequence[tuple[Image, list[str], int]]) -> None:
+        """``_reemit`` for many images at once: their events share produce requests."""
+        reemits = [(image, analyzers, attempt) for image, analyzers, attempt in reemits if analyzers]
+        messages = []
+        for image, analyzers, attempt in reemits:
+            event = uploaded_event(image, analyzers=analyzers, attempt=attempt)
+            headers = ce_headers(
+                IMAGE_UPLOADED, SOURCE_SINK, str(image.id), event_id=f"{image.id}.uploaded.{attempt}"
+            )
+            messages.append((str(image.id), event.to_bytes(), headers))
+        sent_at = utc_now()  # before sending: a broker that starts meanwhile may hold the events
+        positions = self.producer.send_all_sync(IMAGE_UPLOADED, messages)
+        for (image, analyzers, attempt), position in zip(reemits, positions, strict=True):
+            note_reemitted(session, image.id, position, sent_at)
+            log.info("re-emitted image %s for %s (attempt %s)", image.id, ",".join(analyzers), attempt)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -119,8 +120,10 @@ def build_sink_app(settings: Settings) -> faust.App:
     @app.task
     async def recover_after_broker_restart() -> None:
         if settings.broker_ephemeral:
-            count = await asyncio.to_thread(aggregator.reemit_processing)
-            log.info("re-emitted %s unfinished images to a fresh broker", count)
+            started = settings.broker_started_at
+            since = datetime.fromtimestamp(started, UTC) if started else None
+            count = await asyncio.to_thread(aggregator.reemit_processing, since)
+            log.info("re-emitted %s unfinished images sent before the broker started", count)
 
     watch = BrokerWatch(settings.kafka_bootstrap_servers)
 

@@ -61,6 +61,9 @@ class Image(Base):
     # with each analyzer's committed offset to tell an event still queued from one taken and lost.
     event_partition: Mapped[int | None] = mapped_column(Integer)
     event_offset: Mapped[int | None] = mapped_column(BigInteger)
+    # When that event was sent (taken just before sending: a restarted memory-only broker holds
+    # only events sent after it started). None on rows from before migration 0005: created_at then.
+    emitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The API key that uploaded the image; None when access control was off.
     owner_key_id: Mapped[int | None] = mapped_column(Integer, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)

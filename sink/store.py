@@ -11,7 +11,7 @@ from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -88,6 +88,7 @@ _REEMITTED = (
     .where(_IMAGES.c.id == bindparam("image_id"))
     .values(
         updated_at=bindparam("now"),
+        emitted_at=bindparam("sent_at"),
         emit_attempts=_IMAGES.c.emit_attempts + 1,
         event_partition=bindparam("partition"),
         event_offset=bindparam("offset"),
@@ -240,17 +241,30 @@ def overdue_images(session: Session, older_than_s: float, limit: int = 500) -> l
     )
 
 
-def processing_images(session: Session, limit: int = 10_000) -> list[Image]:
-    return list(
-        session.scalars(select(Image).where(Image.status == PROCESSING).order_by(Image.id).limit(limit))
-    )
+def processing_images(
+    session: Session, *, after_id: int = 0, emitted_before: datetime | None = None, limit: int = 1000
+) -> list[Image]:
+    """Unfinished images in id order from ``after_id``; with ``emitted_before``, only those whose
+    latest event was sent before then (rows from before that was recorded: created before then)."""
+    query = select(Image).where(Image.status == PROCESSING, Image.id > after_id)
+    if emitted_before is not None:
+        query = query.where(func.coalesce(Image.emitted_at, Image.created_at) < emitted_before)
+    return list(session.scalars(query.order_by(Image.id).limit(limit)))
 
 
-def note_reemitted(session: Session, image_id: int, position: tuple[int, int]) -> None:
-    """Mark an image re-emitted now: one attempt more, and its new event's (partition, offset)."""
+def note_reemitted(session: Session, image_id: int, position: tuple[int, int], sent_at: datetime) -> None:
+    """Mark an image re-emitted: one attempt more, and its new event's (partition, offset) and
+    the moment it was sent."""
     partition, offset = position
     session.execute(
-        _REEMITTED, {"image_id": image_id, "now": utc_now(), "partition": partition, "offset": offset}
+        _REEMITTED,
+        {
+            "image_id": image_id,
+            "now": utc_now(),
+            "sent_at": sent_at,
+            "partition": partition,
+            "offset": offset,
+        },
     )
 
 

@@ -60,6 +60,10 @@ def test_uploads_arriving_together_share_one_transaction_and_one_image_per_conte
     assert a_other_owner.id not in (a.id, b.id), "another owner's upload never reuses this one"
     assert count_rows(engine) == 3
     assert all(r.status == "processing" and r.created_at is not None for r in (a, b, a_other_owner))
+    # Its event is sent after the row: a broker started after this holds it (see reemit_processing).
+    assert all(r.emitted_at == r.created_at for r in (a, b, a_other_owner))
+    with make_sessionmaker(engine)() as session:
+        assert session.get(Image, a.id).emitted_at is not None
 
 
 def test_seen_bytes_return_the_earlier_image_unless_it_failed_or_reanalysis_is_asked(engine) -> None:

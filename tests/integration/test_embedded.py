@@ -7,7 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -88,12 +88,23 @@ class PeekUp:
 
 def _broker_pid(up_pid: int) -> int | None:
     """The embedded broker that ``peek up`` (``up_pid``) runs, if one is running."""
+    return _child_pid(up_pid, lambda command: b"tansu" in command[0] and b"broker" in command)
+
+
+def _sink_pid(up_pid: int) -> int | None:
+    """The sink that ``peek up`` (``up_pid``) runs, if one is running."""
+    return _child_pid(up_pid, lambda command: b"infra.cli" in command and command[-1] == b"sink")
+
+
+def _child_pid(up_pid: int, matches: Callable[[list[bytes]], bool]) -> int | None:
     for pid in children_of(up_pid):
         try:
             command = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"tansu" in command[0] and b"broker" in command:
+        while command and not command[-1]:
+            command.pop()
+        if command and matches(command):
             return pid
     return None
 
@@ -190,3 +201,35 @@ def test_the_embedded_broker_is_restarted_when_it_dies(peek_up: PeekUp, corpus: 
             assert wait_final(http, image_id, timeout_s=180)["status"] == "completed"
     log = (peek_up.data_dir.parent / f"{peek_up.data_dir.name}-up.log").read_text()
     assert "the embedded broker exited" in log
+
+
+def test_a_sink_restarted_beside_the_same_broker_re_emits_nothing_it_still_holds(
+    peek_up: PeekUp, corpus: Path
+) -> None:
+    peek_up.start()
+    assert peek_up.process is not None
+    up_pid = peek_up.process.pid
+    with httpx.Client(base_url=peek_up.url, timeout=30) as http:
+
+        def upload(name: str) -> int:
+            response = http.post("/api/analyze", files={"image": (name, (corpus / name).read_bytes())})
+            assert response.status_code == 202, response.text
+            return int(response.json()["id"])
+
+        assert wait_final(http, upload("apple.jpg"))["status"] == "completed"
+        old = _sink_pid(up_pid)
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        # Uploaded while no sink runs: unfinished when the new sink starts, their events in the broker.
+        waiting = [upload(name) for name in UPLOADS[1:7]]
+        db = sqlite3.connect(peek_up.data_dir / "peek.db")
+        unfinished = db.execute("SELECT count(*) FROM images WHERE status = 'processing'").fetchone()[0]
+        db.close()
+        assert unfinished == len(waiting)
+        wait_for(lambda: _sink_pid(up_pid) not in (None, old), 60, "peek up to restart the sink")
+        finals = [wait_final(http, image_id, timeout_s=180) for image_id in waiting]
+    assert all(result["status"] == "completed" for result in finals), finals
+    db = sqlite3.connect(peek_up.data_dir / "peek.db")
+    attempts = db.execute("SELECT id, emit_attempts FROM images ORDER BY id").fetchall()
+    db.close()
+    assert all(count == 0 for _, count in attempts), f"re-emitted though the broker kept them: {attempts}"

@@ -386,3 +386,87 @@ def test_a_partial_lost_after_its_analyzer_took_the_event_is_re_emitted_before_t
     with aggregator.sessions.begin() as session:
         session.get(Image, image_id).updated_at = datetime.now(UTC) - timedelta(seconds=60)
     assert aggregator.reconcile() == 0 and aggregator.reconcile() == 0
+
+
+@pytest.fixture
+def alone(postgres_server: str, pipeline_env: dict[str, str]) -> Iterator[Aggregator]:
+    """An aggregator with a database and a broker of its own: it re-emits every unfinished image."""
+    with fresh_database(postgres_server) as database_url, EmbeddedBroker() as broker:
+        yield from _aggregator(database_url, pipeline_env, broker.bootstrap)
+
+
+def uploaded_events(aggregator: Aggregator) -> dict[int, list[dict]]:
+    """Every image.uploaded event in the broker, by image id (the message key)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": aggregator.settings.kafka_bootstrap_servers,
+            "group.id": uuid.uuid4().hex,
+            "enable.partition.eof": True,
+        }
+    )
+    partitions = consumer.list_topics("image.uploaded", timeout=10).topics["image.uploaded"].partitions
+    consumer.assign([TopicPartition("image.uploaded", number, 0) for number in partitions])
+    found: dict[int, list[dict]] = {}
+    ends = 0
+    try:
+        while ends < len(partitions):
+            message = consumer.poll(10)
+            assert message is not None, "the broker stopped answering"
+            if message.error():
+                ends += 1
+                continue
+            found.setdefault(int(message.key()), []).append(json.loads(message.value()))
+    finally:
+        consumer.close()
+    return found
+
+
+def test_a_restarted_broker_gets_back_the_events_sent_before_it_started_and_no_others(
+    alone: Aggregator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aggregator = alone
+    monkeypatch.setattr("sink.aggregator.REEMIT_PAGE", 2)  # several pages
+    started = datetime.now(UTC) - timedelta(seconds=30)  # when the broker (re)started
+
+    def image(created_s: float, emitted_s: float | None, status: str = "processing") -> int:
+        """An image created and last emitted that many seconds after the broker started."""
+        image_id = new_image(aggregator)
+        with aggregator.sessions.begin() as session:
+            row = session.get(Image, image_id)
+            row.created_at = started + timedelta(seconds=created_s)
+            row.emitted_at = None if emitted_s is None else started + timedelta(seconds=emitted_s)
+            row.status = status
+        return image_id
+
+    lost = image(created_s=-60, emitted_s=-60)
+    from_before_emitted_at = image(created_s=-10, emitted_s=None)  # a row older than migration 0005
+    re_emitted_since = image(created_s=-600, emitted_s=5)
+    sent_since = image(created_s=1, emitted_s=1)
+    also_lost = image(created_s=-5, emitted_s=-1)
+    finished = image(created_s=-60, emitted_s=-60, status="completed")
+    # A partial that arrived after the start does not make the image's other events less lost.
+    aggregator.apply_partials([p for p in all_partials(lost) if p.analyzer == "colors"])
+
+    before = datetime.now(UTC)
+    assert aggregator.reemit_processing(started) == 3
+    events = uploaded_events(aggregator)
+    assert set(events) == {lost, from_before_emitted_at, also_lost}
+    assert events[lost][0]["expected_analyzers"] == ["quality", "faces", "text", "scene"]
+    assert events[from_before_emitted_at][0]["expected_analyzers"] == ANALYZERS
+    assert all(len(sent) == 1 and sent[0]["attempt"] == 1 for sent in events.values())
+    for image_id in (lost, from_before_emitted_at, also_lost):
+        row = image_row(aggregator, image_id)
+        assert row.emit_attempts == 1 and row.emitted_at >= before and row.event_offset is not None
+    for image_id in (re_emitted_since, sent_since, finished):
+        assert image_row(aggregator, image_id).emit_attempts == 0
+
+    # Without a start time (a broker that forgot, noticed while running): every unfinished image.
+    assert aggregator.reemit_processing() == 5
+    assert set(uploaded_events(aggregator)) == {
+        lost,
+        from_before_emitted_at,
+        re_emitted_since,
+        sent_since,
+        also_lost,
+    }
+    assert image_row(aggregator, finished).emit_attempts == 0
