@@ -45,6 +45,8 @@ from sink.store import (
 log = logging.getLogger(__name__)
 # Unfinished images re-emitted per transaction (and per batch of produce requests).
 REEMIT_PAGE = 1000
+# Images without progress that one reconcile pass looks at.
+RECONCILE_PAGE = 500
 
 # Called with (result view, callback_url) once a completing transaction has committed.
 CompletionHook = Callable[[dict[str, Any], str | None], None]
@@ -63,6 +65,10 @@ class Aggregator:
     # Tells events still queued in Kafka from lost ones; without it overdue means lost.
     queues: QueueWatch | None = None
     on_completed: list[CompletionHook] = field(default_factory=list)
+    # Where the next reconcile pass starts among the images without progress (updated_at, id):
+    # each pass looks at the next RECONCILE_PAGE of them, so that behind a backlog longer than a
+    # page, still queued, the newer ones are looked at too.
+    _sweep_from: tuple[datetime, int] | None = field(default=None, repr=False)
 
     def _announce(self, completed: list[tuple[dict[str, Any], str | None]]) -> None:
         """Tell the hooks (long-poll notices, webhooks) about committed completions; a failing hook
@@ -177,8 +183,13 @@ class Aggregator:
         ``PEEK_RECONCILE_AFTER_S``.
         """
         after_s = self.settings.reconcile_after_s
+        quiet_s = min(after_s, LOST_CHECK_AFTER_S)
         with self.sessions() as session:
-            suspects = overdue_images(session, min(after_s, LOST_CHECK_AFTER_S))
+            suspects = overdue_images(session, quiet_s, RECONCILE_PAGE, self._sweep_from)
+            if not suspects and self._sweep_from is not None:  # past the last one: start over
+                suspects = overdue_images(session, quiet_s, RECONCILE_PAGE)
+        last = suspects[-1] if len(suspects) == RECONCILE_PAGE else None
+        self._sweep_from = (last.updated_at, last.id) if last is not None else None
         if not suspects:
             if self.queues is not None:
                 self.queues.release()

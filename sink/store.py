@@ -11,7 +11,7 @@ from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -228,17 +228,19 @@ def result_view(
     return view
 
 
-def overdue_images(session: Session, older_than_s: float, limit: int = 500) -> list[Image]:
-    """Images still processing whose last emission is older than the given age."""
+def overdue_images(
+    session: Session, older_than_s: float, limit: int = 500, after: tuple[datetime, int] | None = None
+) -> list[Image]:
+    """Images still processing whose last emission is older than the given age, longest quiet
+    first; with ``after`` (an image's updated_at and id), only those that come after it."""
     cutoff = utc_now() - timedelta(seconds=older_than_s)
-    return list(
-        session.scalars(
-            select(Image)
-            .where(Image.status == PROCESSING, Image.updated_at < cutoff)
-            .order_by(Image.updated_at)
-            .limit(limit)
+    query = select(Image).where(Image.status == PROCESSING, Image.updated_at < cutoff)
+    if after is not None:
+        since, image_id = after
+        query = query.where(
+            or_(Image.updated_at > since, and_(Image.updated_at == since, Image.id > image_id))
         )
-    )
+    return list(session.scalars(query.order_by(Image.updated_at, Image.id).limit(limit)))
 
 
 def processing_images(

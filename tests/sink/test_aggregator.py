@@ -470,3 +470,35 @@ def test_a_restarted_broker_gets_back_the_events_sent_before_it_started_and_no_o
         also_lost,
     }
     assert image_row(aggregator, finished).emit_attempts == 0
+
+
+def test_passes_take_turns_through_a_backlog_longer_than_a_page_so_a_newer_loss_is_found(
+    watched, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aggregator, _clock = watched
+    monkeypatch.setattr("sink.aggregator.RECONCILE_PAGE", 2)
+    # Four images queued in front of quality for two hours: a backlog of two pages, looked at first.
+    queued = [emitted_image(aggregator, quiet_for_s=7200 - i) for i in range(4)]
+    for image_id, _ in queued:
+        aggregator.apply_partials([p for p in all_partials(image_id) if p.analyzer != "quality"])
+    lost, (partition, offset) = emitted_image(aggregator, quiet_for_s=60)
+    aggregator.apply_partials([p for p in all_partials(lost) if p.analyzer != "text"])
+    with aggregator.sessions.begin() as session:  # the merges counted as progress; undo that
+        for image_id, _ in queued:
+            session.get(Image, image_id).updated_at = datetime.now(UTC) - timedelta(seconds=7200)
+        session.get(Image, lost).updated_at = datetime.now(UTC) - timedelta(seconds=60)
+    for queued_partition in {position[0] for _, position in queued}:
+        earliest = min(position[1] for _, position in queued if position[0] == queued_partition)
+        commit(aggregator, "peek-quality", "image.uploaded", queued_partition, earliest)
+    # text took the newest image's event and its partial never reached the database.
+    partial_at = aggregator.producer.send_sync("image.analysis.partial", str(lost), b"{}")
+    commit(aggregator, "peek-text", "image.uploaded", partition, offset + 1)
+    commit(aggregator, "peek-sink", "image.analysis.partial", partial_at[0], partial_at[1] + 1)
+
+    handled = [aggregator.reconcile() for _ in range(3)]  # the two pages of the queued, then the rest
+    assert handled == [0, 0, 1]
+    reemitted = completed_events(aggregator.settings.kafka_bootstrap_servers, lost, "image.uploaded")
+    assert reemitted[-1]["expected_analyzers"] == ["text"]
+    assert all(image_row(aggregator, image_id).emit_attempts == 0 for image_id, _ in queued)
+    # Past the last one, the next pass starts again from the longest quiet.
+    assert aggregator.reconcile() == 0 and aggregator._sweep_from is not None
