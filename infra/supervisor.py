@@ -122,8 +122,9 @@ class BrokerKeeper:
     """Restarts ``peek up``'s embedded broker on its port when it exits, and re-creates the topics.
 
     The broker keeps nothing on disk, so it comes back empty: the clients reconnect to the same
-    address, and ``on_restart(started_at)`` (``peek up`` restarts the sink, which re-emits the
-    unfinished images whose latest event was sent before ``started_at``) replaces the events it lost.
+    address, and ``on_restart(ready_at)`` (``peek up`` restarts the sink, which re-emits the
+    unfinished images whose latest event was sent before ``ready_at``, once the topics are back)
+    replaces the events it lost.
     """
 
     RETRY_S = 2.0
@@ -145,15 +146,17 @@ class BrokerKeeper:
         self._next_try = now + self.RETRY_S
         code = process.returncode if process is not None else None
         log.warning("the embedded broker exited with %s; restarting it on %s", code, self.broker.bootstrap)
-        started_at = time.time()
         try:
             self.broker.start()
             ensure_topics(self.broker.bootstrap, self.partitions)
         except Exception as exc:
             log.error("could not restart the embedded broker (%s); trying again", exc)
             return
+        # Only from now on are events sure to land in topics as they should be: one sent while the
+        # broker was down or still without its topics counts as lost (re-emitted; a duplicate at worst).
+        ready_at = time.time()
         self.restarts += 1
-        self.on_restart(started_at)
+        self.on_restart(ready_at)
 
 
 def _wait_healthy(url: str, timeout_s: float) -> bool:
@@ -213,7 +216,7 @@ def run_everything(host: str, port: int, data_dir: Path | None) -> int:
 
     def restart_sink(broker_started_at: float) -> None:
         # The sink re-emits, when it starts beside the embedded broker, the unfinished images whose
-        # latest event was sent before the broker (re)started: the ones it lost.
+        # latest event was sent before the new broker was ready: the ones it lost.
         specs[-1].env = {**specs[-1].env, "PEEK_BROKER_STARTED_AT": f"{broker_started_at:.3f}"}
         supervisor.restart("sink")
 
