@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -60,8 +61,8 @@ class Settings(BaseSettings):
     # at start-up, because a restarted broker has forgotten it.
     broker_ephemeral: bool = Field(False, validation_alias=AliasChoices("PEEK_BROKER_EPHEMERAL"))
     # When that broker started (Unix time, set by `peek up`): only images whose latest event was
-    # sent before then are re-emitted; 0 means unknown, and every unfinished image is.
-    broker_started_at: float = Field(0.0, ge=0, validation_alias=AliasChoices("PEEK_BROKER_STARTED_AT"))
+    # sent before then are re-emitted; unset means unknown, and every unfinished image is.
+    broker_started_at: datetime | None = Field(None, validation_alias=AliasChoices("PEEK_BROKER_STARTED_AT"))
     # Prefix of every Redis key and channel: lets several deployments (or test runs) share a Redis.
     redis_namespace: str = Field("peek", validation_alias=AliasChoices("PEEK_REDIS_NAMESPACE"))
     kafka_bootstrap_servers: str = Field("", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS"))

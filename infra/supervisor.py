@@ -79,11 +79,13 @@ class Supervisor:
                 spec.restart_at = 0.0
                 self._start(spec)
 
-    def restart(self, name: str) -> None:
-        """Stop the named child and start it again at once (not counted as a crash)."""
+    def restart(self, name: str, env: dict[str, str] | None = None) -> None:
+        """Stop the named child and start it again at once (not counted as a crash), with ``env``
+        added to its environment from now on."""
         for spec in self.specs:
             if spec.name != name or spec.process is None:
                 continue
+            spec.env = {**spec.env, **(env or {})}
             end_process(spec.process, grace_s=15)
             spec.restart_at = 0.0
             self._start(spec)
@@ -217,8 +219,7 @@ def run_everything(host: str, port: int, data_dir: Path | None) -> int:
     def restart_sink(broker_started_at: float) -> None:
         # The sink re-emits, when it starts beside the embedded broker, the unfinished images whose
         # latest event was sent before the new broker was ready: the ones it lost.
-        specs[-1].env = {**specs[-1].env, "PEEK_BROKER_STARTED_AT": f"{broker_started_at:.3f}"}
-        supervisor.restart("sink")
+        supervisor.restart("sink", {"PEEK_BROKER_STARTED_AT": f"{broker_started_at:.3f}"})
 
     keeper = BrokerKeeper(broker, settings.topic_partitions, restart_sink) if broker else None
     supervisor.start_all()

@@ -269,6 +269,10 @@ class Aggregator:
             messages.append((str(image.id), event.to_bytes(), headers))
         sent_at = utc_now()  # before sending: a broker that starts meanwhile may hold the events
         positions = self.producer.send_all_sync(IMAGE_UPLOADED, messages)
-        for (image, analyzers, attempt), position in zip(reemits, positions, strict=True):
-            note_reemitted(session, image.id, position, sent_at)
+        note_reemitted(
+            session,
+            {image.id: position for (image, _, _), position in zip(reemits, positions, strict=True)},
+            sent_at,
+        )
+        for image, analyzers, attempt in reemits:
             log.info("re-emitted image %s for %s (attempt %s)", image.id, ",".join(analyzers), attempt)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -120,9 +119,7 @@ def build_sink_app(settings: Settings) -> faust.App:
     @app.task
     async def recover_after_broker_restart() -> None:
         if settings.broker_ephemeral:
-            started = settings.broker_started_at
-            since = datetime.fromtimestamp(started, UTC) if started else None
-            count = await asyncio.to_thread(aggregator.reemit_processing, since)
+            count = await asyncio.to_thread(aggregator.reemit_processing, settings.broker_started_at)
             log.info("re-emitted %s unfinished images sent before the broker started", count)
 
     watch = BrokerWatch(settings.kafka_bootstrap_servers)

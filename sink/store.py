@@ -254,20 +254,24 @@ def processing_images(
     return list(session.scalars(query.order_by(Image.id).limit(limit)))
 
 
-def note_reemitted(session: Session, image_id: int, position: tuple[int, int], sent_at: datetime) -> None:
-    """Mark an image re-emitted: one attempt more, and its new event's (partition, offset) and
-    the moment it was sent."""
-    partition, offset = position
-    session.execute(
-        _REEMITTED,
-        {
-            "image_id": image_id,
-            "now": utc_now(),
-            "sent_at": sent_at,
-            "partition": partition,
-            "offset": offset,
-        },
-    )
+def note_reemitted(session: Session, positions: dict[int, tuple[int, int]], sent_at: datetime) -> None:
+    """Mark images re-emitted: one attempt more each, their new events' (partition, offset) by
+    image id, and the moment they were sent; one statement for them all."""
+    if positions:
+        now = utc_now()
+        session.execute(
+            _REEMITTED,
+            [
+                {
+                    "image_id": image_id,
+                    "now": now,
+                    "sent_at": sent_at,
+                    "partition": partition,
+                    "offset": offset,
+                }
+                for image_id, (partition, offset) in positions.items()
+            ],
+        )
 
 
 def touch(session: Session, *image_ids: int) -> None:
