@@ -9,14 +9,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.broker import EmbeddedBroker
 from infra.kafka import ensure_topics
 from infra.settings import Settings
-from infra.subprocesses import end_process
 
 log = logging.getLogger("peek.up")
 
@@ -30,6 +29,7 @@ class ProcessSpec:
     restarts: int = 0
     started_at: float = 0.0
     restart_at: float = 0.0
+    held: bool = False  # stopped on purpose until released: not restarted as a crash
 
 
 class Supervisor:
@@ -65,7 +65,7 @@ class Supervisor:
         """Restart children that exited, with a growing delay for those that keep crashing."""
         now = time.monotonic()
         for spec in self.specs:
-            if self.stopping or spec.process is None or spec.process.poll() is None:
+            if self.stopping or spec.held or spec.process is None or spec.process.poll() is None:
                 continue
             if spec.restart_at == 0.0:
                 spec.restarts += 1
@@ -79,16 +79,27 @@ class Supervisor:
                 spec.restart_at = 0.0
                 self._start(spec)
 
-    def restart(self, name: str, env: dict[str, str] | None = None) -> None:
-        """Stop the named child and start it again at once (not counted as a crash), with ``env``
-        added to its environment from now on."""
+    def hold(self, names: Collection[str]) -> None:
+        """Kill the named children now and keep them stopped until ``release``. SIGKILL, not a
+        polite stop: this is for children whose state is already worthless, and a child that
+        took time to stop could act on it meanwhile."""
         for spec in self.specs:
-            if spec.name != name or spec.process is None:
+            if spec.name not in names:
                 continue
-            spec.env = {**spec.env, **(env or {})}
-            end_process(spec.process, grace_s=15)
+            spec.held = True
             spec.restart_at = 0.0
-            self._start(spec)
+            if spec.process is not None and spec.process.poll() is None:
+                spec.process.kill()
+                spec.process.wait(10)
+                log.info("stopped %s (pid %s) until it is released", spec.name, spec.process.pid)
+
+    def release(self, names: Collection[str], env: dict[str, str] | None = None) -> None:
+        """Start the named held children again, with ``env`` added to their environment from now on."""
+        for spec in self.specs:
+            if spec.name in names and spec.held:
+                spec.held = False
+                spec.env = {**spec.env, **(env or {})}
+                self._start(spec)
 
     def stop_all(self) -> None:
         for spec in self.specs:
@@ -123,40 +134,64 @@ class Supervisor:
 class BrokerKeeper:
     """Restarts ``peek up``'s embedded broker on its port when it exits, and re-creates the topics.
 
-    The broker keeps nothing on disk, so it comes back empty: the clients reconnect to the same
-    address, and ``on_restart(ready_at)`` (``peek up`` restarts the sink, which re-emits the
-    unfinished images whose latest event was sent before ``ready_at``, once the topics are back)
-    replaces the events it lost.
+    The broker keeps nothing on disk, so it comes back empty, on the same address. Its consumers
+    must not carry on from where they were in the old one: their positions and the offsets they
+    still meant to commit point past the new broker's ends, so they would skip the events sent to
+    it until its partitions grew that far, and the reconciler, reading those offsets, would take
+    the skipped events for handled and lost. So ``on_death()`` runs before the new broker starts
+    (``peek up`` kills the workers and the sink then), and ``on_restart(ready_at)`` once the topics
+    are back (``peek up`` starts them again; the sink re-emits the unfinished images whose latest
+    event was sent before ``ready_at``, the ones the broker lost).
     """
 
     RETRY_S = 2.0
 
-    def __init__(self, broker: EmbeddedBroker, partitions: int, on_restart: Callable[[float], None]) -> None:
+    def __init__(
+        self,
+        broker: EmbeddedBroker,
+        partitions: int,
+        on_restart: Callable[[float], None],
+        on_death: Callable[[], None] = lambda: None,
+    ) -> None:
         self.broker = broker
         self.partitions = partitions
         self.on_restart = on_restart
+        self.on_death = on_death
         self.restarts = 0
         self._next_try = 0.0
+        self._recovering = False  # dead, or restarted but without its topics yet
 
     def __call__(self) -> None:
         process = self.broker.process
-        if process is not None and process.poll() is None:
+        alive = process is not None and process.poll() is None
+        if alive and not self._recovering:
             return
         now = time.monotonic()
         if now < self._next_try:
             return
         self._next_try = now + self.RETRY_S
-        code = process.returncode if process is not None else None
-        log.warning("the embedded broker exited with %s; restarting it on %s", code, self.broker.bootstrap)
+        if not alive:
+            if not self._recovering:
+                code = process.returncode if process is not None else None
+                log.warning(
+                    "the embedded broker exited with %s; restarting it on %s", code, self.broker.bootstrap
+                )
+                self._recovering = True
+                self.on_death()
+            try:
+                self.broker.start()
+            except Exception as exc:
+                log.error("could not restart the embedded broker (%s); trying again", exc)
+                return
         try:
-            self.broker.start()
             ensure_topics(self.broker.bootstrap, self.partitions)
         except Exception as exc:
-            log.error("could not restart the embedded broker (%s); trying again", exc)
+            log.error("could not create the topics on the restarted broker (%s); trying again", exc)
             return
         # Only from now on are events sure to land in topics as they should be: one sent while the
         # broker was down or still without its topics counts as lost (re-emitted; a duplicate at worst).
         ready_at = time.time()
+        self._recovering = False
         self.restarts += 1
         self.on_restart(ready_at)
 
@@ -216,12 +251,24 @@ def run_everything(host: str, port: int, data_dir: Path | None) -> int:
     assign_metrics_ports(specs[1:], settings.metrics_port)
     supervisor = Supervisor(specs, log_dir=settings.data_dir / "logs")
 
-    def restart_sink(broker_started_at: float) -> None:
+    # Every process that consumes: stopped while the broker is down, started afresh once it is back.
+    consumers = [spec.name for spec in specs if spec.name != "api"]
+
+    def start_consumers(broker_ready_at: float) -> None:
         # The sink re-emits, when it starts beside the embedded broker, the unfinished images whose
         # latest event was sent before the new broker was ready: the ones it lost.
-        supervisor.restart("sink", {"PEEK_BROKER_STARTED_AT": f"{broker_started_at:.3f}"})
+        supervisor.release(consumers, {"PEEK_BROKER_STARTED_AT": f"{broker_ready_at:.3f}"})
 
-    keeper = BrokerKeeper(broker, settings.topic_partitions, restart_sink) if broker else None
+    keeper = (
+        BrokerKeeper(
+            broker,
+            settings.topic_partitions,
+            on_restart=start_consumers,
+            on_death=lambda: supervisor.hold(consumers),
+        )
+        if broker
+        else None
+    )
     supervisor.start_all()
     try:
         if _wait_healthy(f"http://{host}:{port}/api/health", 60):

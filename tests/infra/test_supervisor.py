@@ -38,11 +38,17 @@ def test_a_crashing_child_is_restarted_with_a_delay_and_all_stop_together(tmp_pa
 
 def test_the_embedded_broker_is_restarted_on_its_port_and_retried_while_it_cannot_start() -> None:
     restarted: list[float] = []
+    deaths: list[int | None] = []  # at each on_death: the broker's exit code (None: one is running)
     with EmbeddedBroker() as broker:
-        keeper = BrokerKeeper(broker, partitions=2, on_restart=restarted.append)
+
+        def on_death() -> None:
+            assert broker.process is not None
+            deaths.append(broker.process.poll())
+
+        keeper = BrokerKeeper(broker, partitions=2, on_restart=restarted.append, on_death=on_death)
         keeper.RETRY_S = 0.0
         keeper()  # running: nothing to do
-        assert restarted == [] and keeper.restarts == 0
+        assert restarted == [] and deaths == [] and keeper.restarts == 0
         first = broker.process
         assert first is not None
         first.kill()
@@ -54,9 +60,11 @@ def test_the_embedded_broker_is_restarted_on_its_port_and_retried_while_it_canno
             holder.listen()
             keeper()
             assert restarted == [] and keeper.restarts == 0
+            assert deaths == [-signal.SIGKILL], "told of the death before a new broker starts"
         before = time.time()
         keeper()
         assert keeper.restarts == 1 and len(restarted) == 1
+        assert deaths == [-signal.SIGKILL], "told once per death, not once per attempt"
         assert before <= restarted[0] <= time.time(), "the moment the new broker had its topics"
         assert broker.process is not None and broker.process.pid != first.pid
         assert broker_reachable(broker.bootstrap)
@@ -65,3 +73,29 @@ def test_the_embedded_broker_is_restarted_on_its_port_and_retried_while_it_canno
         consumer.close()
         assert {IMAGE_UPLOADED, ANALYSIS_PARTIAL} <= set(topics)
         assert len(topics[IMAGE_UPLOADED].partitions) == 2
+
+
+def test_a_held_child_stays_stopped_until_released_with_its_new_environment(tmp_path) -> None:
+    crasher = ProcessSpec("crasher", ["analyze", str(tmp_path / "missing.png")])  # exits 1 at once
+    other = ProcessSpec("other", ["analyze", str(tmp_path / "missing.png")])
+    supervisor = Supervisor([crasher, other], log_dir=tmp_path / "logs")
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        supervisor.start_all()
+        held_pid = crasher.process.pid
+        supervisor.hold(["crasher"])
+        assert crasher.process.poll() is not None
+        deadline = time.monotonic() + 6
+        while other.restarts < 2 and time.monotonic() < deadline:
+            supervisor.watch_once()
+            time.sleep(0.1)
+        assert other.restarts >= 2, "children not held are restarted as before"
+        assert crasher.restarts == 0 and crasher.process.pid == held_pid, "a held child is not restarted"
+        supervisor.release(["crasher"], {"PEEK_BROKER_STARTED_AT": "12.5"})
+        assert crasher.process.pid != held_pid and not crasher.held
+        assert crasher.env["PEEK_BROKER_STARTED_AT"] == "12.5"
+        assert "PEEK_BROKER_STARTED_AT" not in other.env
+    finally:
+        supervisor.stop_all()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
