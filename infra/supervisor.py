@@ -151,7 +151,7 @@ class BrokerKeeper:
         broker: EmbeddedBroker,
         partitions: int,
         on_restart: Callable[[float], None],
-        on_death: Callable[[], None] = lambda: None,
+        on_death: Callable[[], None],
     ) -> None:
         self.broker = broker
         self.partitions = partitions

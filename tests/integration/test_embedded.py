@@ -91,6 +91,17 @@ def _broker_pid(up_pid: int) -> int | None:
     return _child_pid(up_pid, lambda command: b"tansu" in command[0] and b"broker" in command)
 
 
+def _accepted_upload(http: httpx.Client, image: Path, *, reanalyze: bool = False) -> int:
+    """POST the image to /api/analyze; its id, once the API has answered 202."""
+    response = http.post(
+        "/api/analyze",
+        params={"reanalyze": "true"} if reanalyze else None,
+        files={"image": (image.name, image.read_bytes())},
+    )
+    assert response.status_code == 202, response.text
+    return int(response.json()["id"])
+
+
 def _results_of(peek_up: PeekUp, image_ids: list[int]) -> int:
     """How many analyzer results of these images the sink has stored."""
     db = sqlite3.connect(peek_up.data_dir / "peek.db")
@@ -227,13 +238,7 @@ def test_after_a_broker_restart_no_event_is_skipped_for_positions_in_the_old_one
     with httpx.Client(base_url=peek_up.url, timeout=30) as http:
 
         def upload(name: str) -> int:
-            response = http.post(
-                "/api/analyze",
-                params={"reanalyze": "true"},
-                files={"image": (name, (corpus / name).read_bytes())},
-            )
-            assert response.status_code == 202, response.text
-            return int(response.json()["id"])
+            return _accepted_upload(http, corpus / name, reanalyze=True)
 
         # Positions well into the old broker's partitions, then images in flight when it dies.
         done = [upload(name) for name in UPLOADS * 2]
@@ -270,9 +275,7 @@ def test_a_sink_restarted_beside_the_same_broker_re_emits_nothing_it_still_holds
     with httpx.Client(base_url=peek_up.url, timeout=30) as http:
 
         def upload(name: str) -> int:
-            response = http.post("/api/analyze", files={"image": (name, (corpus / name).read_bytes())})
-            assert response.status_code == 202, response.text
-            return int(response.json()["id"])
+            return _accepted_upload(http, corpus / name)
 
         assert wait_final(http, upload("apple.jpg"))["status"] == "completed"
         old = _sink_pid(up_pid)
